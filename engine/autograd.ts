@@ -7,7 +7,11 @@ import { accumulate, fill } from '../kernels/fill.ts';
 import { runtime } from './runtime.ts';
 import { Scope, Tensor, empty, persistent } from './tensor.ts';
 
-/** Gradients for each input, null where not needed. */
+/**
+ * Gradients for each input, null where not needed. Each returned gradient must own its
+ * storage, except that one of them may be a view of dy: the tape accumulates into
+ * gradients in place, so two views of one buffer would corrupt each other.
+ */
 export type BackwardFn = (dy: Tensor, needs: boolean[]) => Array<Tensor | null>;
 
 export interface Node {

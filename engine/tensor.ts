@@ -166,6 +166,11 @@ export function currentScope(): Scope | null {
   return scopeStack.length > 0 ? scopeStack[scopeStack.length - 1] : null;
 }
 
+/** Releases a temporary now if the innermost scope owns it (it is dead before the scope ends). */
+export function releaseTemp(t: Tensor | null): void {
+  if (t) currentScope()?.releaseEarly(t);
+}
+
 /** Runs fn in a scope; tensors it returns are kept, everything else it made is released. */
 export function tidy<T extends Tensor | Tensor[] | void>(fn: () => T): T {
   const scope = new Scope();

@@ -23,23 +23,23 @@ export function fill(r: KernelRunner, out: GPUBuffer, n: number, value: number):
   });
 }
 
-/** y[i] += x[i] for i < n. */
-export function accumulate(r: KernelRunner, y: GPUBuffer, x: GPUBuffer, n: number, tag?: string): void {
+/** y[i] += alpha·x[i] for i < n. */
+export function accumulate(r: KernelRunner, y: GPUBuffer, x: GPUBuffer, n: number, tag?: string, alpha = 1): void {
   r.dispatch({
     kernel: 'accumulate',
     key: 'f32',
     code: () => /* wgsl */ `
-      struct U { n: u32 }
+      struct U { n: u32, alpha: f32 }
       @group(0) @binding(0) var<storage, read_write> y: array<f32>;
       @group(0) @binding(1) var<storage, read> x: array<f32>;
       @group(0) @binding(2) var<uniform> u: U;
       @compute @workgroup_size(${WG})
       fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nw: vec3u) {
         let i = g.x + g.y * nw.x * ${WG}u;
-        if (i < u.n) { y[i] = y[i] + x[i]; }
+        if (i < u.n) { y[i] = y[i] + u.alpha * x[i]; }
       }`,
     buffers: [y, x],
-    uniforms: packUniforms([{ u32: n }]),
+    uniforms: packUniforms([{ u32: n }, { f32: alpha }]),
     workgroups: grid1d(Math.ceil(n / WG), r.maxWorkgroupsPerDim),
     tag,
   });
