@@ -19,9 +19,10 @@ describe('trainer', () => {
     const { trainer } = await smallTrainer(smallConfig(dir, { train: { epochs: 8 } }));
     const { epochs } = await trainer.run();
     expect(epochs).toHaveLength(8);
-    // 32 steps on 128 images: a working model memorises a good part of them.
-    expect(epochs[7].loss).toBeLessThan(0.8 * epochs[0].loss);
-    expect(epochs[7].trainTop1).toBeGreaterThan(epochs[0].trainTop1);
+    // 32 steps on 128 images from a random start (loss ln 10 ≈ 2.30, top-1 10%): measured
+    // here 2.30 → 1.96 and 15% → 42%; a broken gradient leaves both near chance.
+    expect(epochs[7].loss).toBeLessThan(0.9 * epochs[0].loss);
+    expect(epochs[7].trainTop1).toBeGreaterThan(0.3);
     const lines = readMetrics(join(dir, 'metrics.jsonl'));
     expect(lines.map((m) => m.epoch)).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
     expect(lines[0].phase).toBe('full');
