@@ -116,14 +116,33 @@ export class Tape extends Scope {
     this.releaseEarly(dx);
   }
 
-  /** Adds dx into x.grad, allocating it on first use; overwrites when zeroGrad() ran. */
+  /**
+   * Adds dx into x.grad. The first gradient of a step is not copied: x.grad takes over dx's
+   * storage (the previous step's buffer goes back to the pool), which saves one copy per
+   * parameter per step.
+   */
   private accumulateLeaf(x: Tensor, dx: Tensor): void {
     if (dx.size !== x.size) throw new Error(`backward: gradient [${dx.shape}] does not match ${x}`);
-    if (!x.grad) x.grad = persistent(() => empty(x.shape));
-    if (x.gradHasValue) accumulate(runtime(), x.grad.buffer, dx.buffer, x.size);
-    else runtime().copy(dx.buffer, 0, x.grad.buffer, 0, x.bytes);
+    if (x.gradHasValue) {
+      accumulate(runtime(), x.grad!.buffer, dx.buffer, x.size);
+      this.releaseEarly(dx);
+      return;
+    }
+    x.grad?.release();
+    if (this.owns(dx)) {
+      x.grad = this.detach(dx.shape.length === x.shape.length && dx.shape.every((d, i) => d === x.shape[i]) ? dx : this.reshapeOwned(dx, x.shape));
+    } else {
+      x.grad = persistent(() => empty(x.shape));
+      runtime().copy(dx.buffer, 0, x.grad.buffer, 0, x.bytes);
+    }
     x.gradHasValue = true;
+  }
+
+  /** A view of dx with another shape, dx itself released (the view keeps the storage). */
+  private reshapeOwned(dx: Tensor, shape: readonly number[]): Tensor {
+    const v = dx.view(shape);
     this.releaseEarly(dx);
+    return v;
   }
 
   private stopRecording(): void {

@@ -145,6 +145,12 @@ export class Scope {
     if (this.owned.delete(t)) t.release();
   }
 
+  /** Stops owning a tensor without releasing it: the caller now owns it. */
+  detach<T extends Tensor>(t: T): T {
+    this.owned.delete(t);
+    return t;
+  }
+
   keep<T extends Tensor>(t: T): T {
     if (this.owned.delete(t)) this.parent?.adopt(t);
     return t;
