@@ -18,6 +18,8 @@ export class Runtime implements KernelRunner {
   readonly pool: BufferPool;
   readonly maxWorkgroupsPerDim: number;
   readonly unsafeNoBoundsChecks: boolean;
+  readonly subgroupMinSize: number;
+  readonly subgroupMaxSize: number;
 
   private acquired: AcquiredDevice;
   private pipelines = new Map<string, GPUComputePipeline>();
@@ -36,6 +38,9 @@ export class Runtime implements KernelRunner {
     this.pool = new BufferPool(this.device);
     this.maxWorkgroupsPerDim = this.device.limits.maxComputeWorkgroupsPerDimension;
     this.unsafeNoBoundsChecks = unsafeNoBoundsChecks;
+    const info = this.device.adapterInfo as GPUAdapterInfo & { subgroupMinSize?: number; subgroupMaxSize?: number };
+    this.subgroupMinSize = info?.subgroupMinSize ?? 0;
+    this.subgroupMaxSize = info?.subgroupMaxSize ?? 0;
   }
 
   // ---- dispatch ---------------------------------------------------------------------

@@ -28,6 +28,11 @@ export interface KernelRunner {
   dispatch(spec: DispatchSpec): void;
   /** Largest workgroup count per dimension the device allows. */
   readonly maxWorkgroupsPerDim: number;
+  /** Device features enabled at creation (e.g. "subgroups", "shader-f16"). */
+  readonly features: ReadonlySet<string>;
+  /** Subgroup size bounds the adapter reports (0 when unknown); a size-specific kernel needs min = max. */
+  readonly subgroupMinSize: number;
+  readonly subgroupMaxSize: number;
 }
 
 /** Packs u32/i32/f32 scalars into a uniform block (each scalar 4 bytes, 16-byte total padding). */
