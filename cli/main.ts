@@ -45,7 +45,7 @@ function addTrainOptions(cmd: Command): Command {
     .option('--relora', 'run a ReLoRA phase between full training and the switch')
     .option('--backend <name>', 'Dawn backend: default, vulkan, metal, d3d12')
     .option('--adapter <name>', 'exact adapter name to use (an unknown name lists the available ones)')
-    .option('--bounds-checks', "keep Dawn's bounds-check transform on (slower; off by default)")
+    .option('--unsafe-no-bounds-checks', "turn off Dawn's bounds-check transform around storage accesses (kernels guard their own tails)")
     .option('--max-steps <n>', 'stop after N optimizer steps in total (0 = no limit)', int('--max-steps'))
     .option('-q, --quiet', 'no progress bar; one line per epoch')
     .option('--no-report', 'do not write report.html at the end');

@@ -28,7 +28,7 @@ export interface TrainFlags {
   relora?: boolean;
   backend?: string;
   adapter?: string;
-  boundsChecks?: boolean;
+  unsafeNoBoundsChecks?: boolean;
   maxSteps?: number;
   quiet?: boolean;
   report?: boolean;
@@ -83,7 +83,7 @@ export function buildConfig(f: TrainFlags): Config {
     },
     run: {
       dir: f.runDir, backend: f.backend, adapter: f.adapter, maxSteps: f.maxSteps, quiet: f.quiet, report: f.report,
-      unsafeNoBoundsChecks: f.boundsChecks === undefined ? undefined : !f.boundsChecks,
+      unsafeNoBoundsChecks: f.unsafeNoBoundsChecks,
     },
   };
   cfg = mergeConfig(cfg, dropUndefined(flags));

@@ -104,8 +104,12 @@ export const ConfigSchema = z.object({
     dir: z.string().default('runs/latest'),
     backend: z.enum(['default', 'vulkan', 'metal', 'd3d12', 'd3d11', 'opengl', 'opengles', 'null']).default('default'),
     adapter: z.string().optional(),
-    /** Turn off Dawn's bounds-check transform (faster; every kernel guards its own tails). */
-    unsafeNoBoundsChecks: z.boolean().default(true),
+    /**
+     * Turn off Dawn's bounds-check transform. Every kernel validates shapes on the host and
+     * guards its tails, and the kernel tests run in both modes; the gain is small for the
+     * register-tiled kernels here, so the safe mode is the default.
+     */
+    unsafeNoBoundsChecks: z.boolean().default(false),
     /** Stop after this many optimizer steps in total (0 = no limit); for smoke tests. */
     maxSteps: nonNegInt.default(0),
     /** Write the HTML report at the end of the run. */
