@@ -1,11 +1,24 @@
-// Softmax cross-entropy with label smoothing, fused: per-row loss and log-sum-exp
-// statistics in one workgroup per row, and the logit gradient as one elementwise pass
-// that recomputes the softmax from those statistics. The batch mean is left to a row sum.
+// Softmax cross-entropy with label smoothing, fused. The forward kernel writes per-row loss
+// and log-sum-exp statistics, with one invocation per row up to SHORT_ROW_MAX classes
+// (kernels/reduce.ts says why) and one workgroup per row beyond. The logit gradient is one
+// elementwise pass that recomputes the softmax from those statistics. The batch mean is
+// left to a row sum.
 //
 // Labels outside [0, K) are never used as an index: such a row gets loss 0 and gradient
 // 0 (it still counts in the batch size B of the mean). The data layer validates labels
 // before they get here, so this is a memory-safety guard, not a feature.
-import { maxOf, rowWorkgroupSize, sumOf, workgroupReduce } from './reduce.ts';
+import {
+  ROWS_PER_WORKGROUP,
+  SERIAL_BLOCK,
+  SHORT_ROW_INDEX,
+  isShortRow,
+  maxOf,
+  rowVector,
+  rowWorkgroupSize,
+  shortRowGrid,
+  sumOf,
+  workgroupReduce,
+} from './reduce.ts';
 import { grid1d, packUniforms, type KernelRunner } from './runner.ts';
 
 /** Floats of per-row statistics: row max m and log Σ exp(x − m). */
@@ -32,6 +45,70 @@ export interface CrossEntropySpec {
  * the loss to f32 precision, where (m + log s) − x_label would lose ~1e-3 to rounding.
  */
 export function crossEntropyForward(r: KernelRunner, s: CrossEntropySpec): void {
+  if (isShortRow(s.classes)) crossEntropyForwardShort(r, s);
+  else crossEntropyForwardLong(r, s);
+}
+
+function crossEntropyForwardShort(r: KernelRunner, s: CrossEntropySpec): void {
+  const v = rowVector(s.classes);
+  const w = v.width;
+  const labelLogit = w === 4 ? `x[base + u32(label) / 4u][u32(label) % 4u]` : `x[base + u32(label)]`;
+  r.dispatch({
+    kernel: 'cross_entropy',
+    key: `short|${w}`,
+    code: () => /* wgsl */ `
+      struct U { rows: u32, classes: u32, smoothing: f32 }
+      @group(0) @binding(0) var<storage, read> x: array<${v.type}>;
+      @group(0) @binding(1) var<storage, read> labels: array<i32>;
+      @group(0) @binding(2) var<storage, read_write> rowLoss: array<f32>;
+      @group(0) @binding(3) var<storage, read_write> stats: array<f32>;
+      @group(0) @binding(4) var<uniform> u: U;
+      @compute @workgroup_size(${ROWS_PER_WORKGROUP})
+      fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nw: vec3u,
+              @builtin(local_invocation_index) tid: u32) {
+        ${SHORT_ROW_INDEX}
+        if (row >= u.rows) { return; }
+        let len = u.classes / ${w}u;
+        let base = row * len;
+
+        var rowMax = ${v.type}(bitcast<f32>(0xff7fffffu)); // the lowest finite f32
+        for (var j = 0u; j < len; j++) { rowMax = max(rowMax, x[base + j]); }
+        let m = ${v.max('rowMax')};
+
+        // Σ exp(x − m) and Σ (m − x).
+        var sumExp = ${v.type}(0.0);
+        var sumGap = ${v.type}(0.0);
+        for (var j0 = 0u; j0 < len; j0 += ${SERIAL_BLOCK / w}u) {
+          var partExp = ${v.type}(0.0);
+          var partGap = ${v.type}(0.0);
+          for (var j = j0; j < min(j0 + ${SERIAL_BLOCK / w}u, len); j++) {
+            let d = m - x[base + j];
+            partExp += exp(-d);
+            partGap += d;
+          }
+          sumExp += partExp;
+          sumGap += partGap;
+        }
+
+        let logSum = log(${v.sum('sumExp')});
+        let label = labels[row];
+        let valid = label >= 0 && u32(label) < u.classes;
+        var loss = 0.0;
+        if (valid) {
+          let k = f32(u.classes);
+          loss = (1.0 - u.smoothing) * (m - ${labelLogit}) + u.smoothing * ${v.sum('sumGap')} / k + logSum;
+        }
+        rowLoss[row] = loss;
+        stats[row * ${CE_STATS}u] = m;
+        stats[row * ${CE_STATS}u + 1u] = logSum;
+      }`,
+    buffers: [s.logits, s.labels, s.rowLoss, s.stats],
+    uniforms: packUniforms([{ u32: s.rows }, { u32: s.classes }, { f32: s.labelSmoothing }]),
+    workgroups: shortRowGrid(r, s.rows),
+  });
+}
+
+function crossEntropyForwardLong(r: KernelRunner, s: CrossEntropySpec): void {
   const wg = rowWorkgroupSize(s.classes);
   r.dispatch({
     kernel: 'cross_entropy',

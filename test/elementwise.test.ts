@@ -1,9 +1,12 @@
-// Elementwise ops: the generic kernel against a TypeScript reference on odd sizes and on
-// every broadcast direction, the grid split past 65535 workgroups, and every gradient.
+// Elementwise ops: the generic kernel against a TypeScript reference on odd sizes, on
+// every broadcast direction and on every operand layout of the vec4 kernel, the grid
+// split over two dimensions, and every gradient.
 import { beforeAll, describe, expect, it } from 'vitest';
 import { add, addScalar, broadcastShape, mul, scale, sub } from '../engine/ops/elementwise.ts';
 import type { Runtime } from '../engine/runtime.ts';
-import { Scope, fromArray, sizeOf, type Tensor } from '../engine/tensor.ts';
+import { Scope, empty, fromArray, sizeOf, type Tensor } from '../engine/tensor.ts';
+import { elementwise, type ElementwiseOperand } from '../kernels/elementwise.ts';
+import type { KernelRunner } from '../kernels/runner.ts';
 import { assertGradients } from './helpers/gradcheck.ts';
 import { gpu } from './helpers/gpu.ts';
 import { maxAbsDiff, randomArray } from './helpers/reference.ts';
@@ -12,6 +15,17 @@ let r: Runtime;
 beforeAll(async () => {
   r = await gpu();
 });
+
+/** Wraps the runtime with at most `limit` workgroups per grid dimension, so a small dispatch already needs a second grid row. */
+function gridLimited(limit: number): KernelRunner {
+  return {
+    dispatch: (spec) => r.dispatch(spec),
+    maxWorkgroupsPerDim: limit,
+    features: r.features,
+    subgroupMinSize: r.subgroupMinSize,
+    subgroupMaxSize: r.subgroupMaxSize,
+  };
+}
 
 type Binary = (a: Tensor, b: Tensor) => Tensor;
 const BINARY: Array<[string, Binary, (x: number, y: number) => number]> = [
@@ -53,6 +67,12 @@ const SHAPES: Array<[number[], number[]]> = [
   [[2, 33, 65], [1, 65]],
   [[4, 127], [1]],
   [[1], [4, 127]],
+  // n % 4 = 0: vec4 loads, with the smaller operand repeating every 8 or 4 elements, or a scalar.
+  [[3, 8], [3, 8]],
+  [[3, 8], [8]],
+  [[8], [2, 3, 8]],
+  [[2, 3, 4], [1, 4]],
+  [[4, 128], [1]],
 ];
 
 describe('elementwise binary', () => {
@@ -75,8 +95,57 @@ describe('elementwise binary', () => {
   });
 });
 
+describe('elementwise kernel layouts', () => {
+  // out = a + b + c over n outputs, operands given as [size, inner]: element i reads
+  // (i / inner) % size. Sums of three f32 values in a fixed order are deterministic, so the
+  // kernel must match the reference exactly.
+  type Layout = [number, number];
+  const cases: Array<{ name: string; n: number; layouts: [Layout, Layout, Layout] }> = [
+    { name: 'vec4 along, repeating and per-row', n: 96, layouts: [[96, 1], [8, 1], [24, 4]] },
+    { name: 'vec4 scalar and per-row repeating', n: 96, layouts: [[1, 1], [3, 8], [96, 1]] },
+    { name: 'f32 per-row of 3', n: 36, layouts: [[12, 3], [36, 1], [36, 1]] },
+    { name: 'f32 repeating every 6', n: 36, layouts: [[36, 1], [6, 1], [1, 1]] },
+    { name: 'f32 odd count', n: 30, layouts: [[30, 1], [10, 1], [15, 2]] },
+  ];
+
+  for (const { name, n, layouts } of cases) {
+    it(`elementwise ${name} [${n}]`, async () => {
+      const hosts = layouts.map(([size], k) => randomArray(size, n + k));
+      const expected = Float32Array.from({ length: n }, (_, i) => {
+        const [a, b, c] = layouts.map(([size, inner], k) => hosts[k][Math.floor(i / inner) % size]);
+        return Math.fround(Math.fround(a + b) + c);
+      });
+      const s = new Scope();
+      try {
+        const out = empty([n]);
+        const operands: ElementwiseOperand[] = layouts.map(([size, inner], k) => ({ buffer: fromArray(hosts[k], [size]).buffer, size, inner }));
+        elementwise(r, { kernel: 'add3', expr: 'a + b + c', out: out.buffer, n, operands });
+        expect(maxAbsDiff(await out.toArray(), expected)).toBe(0);
+      } finally {
+        s.end();
+      }
+    });
+  }
+
+  // At most 3 workgroups per grid dimension: 4·1025 outputs take 5 workgroups of 256 vec4
+  // invocations, 1025 outputs 5 of 256 scalar ones, so both span a second grid row.
+  for (const n of [4 * 1025, 1025]) {
+    it(`elementwise split grid [${n}]`, async () => {
+      const host = randomArray(n, n);
+      const s = new Scope();
+      try {
+        const out = empty([n]);
+        elementwise(gridLimited(3), { kernel: 'scale', expr: 'a * s', out: out.buffer, n, operands: [{ buffer: fromArray(host, [n]).buffer }], scalar: -2 });
+        expect(maxAbsDiff(await out.toArray(), host.map((v) => v * -2))).toBe(0);
+      } finally {
+        s.end();
+      }
+    });
+  }
+});
+
 describe('elementwise constants', () => {
-  for (const n of [1, 7, 33, 65, 127, 1000]) {
+  for (const n of [1, 4, 7, 33, 65, 127, 1000]) {
     it(`scale and addScalar [${n}]`, async () => {
       const host = randomArray(n, n);
       const s = new Scope();
