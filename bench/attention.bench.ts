@@ -1,6 +1,8 @@
 // Times the fused attention kernels at ViT shapes: forward alone, and forward plus the
 // three backward kernels (delta, dK/dV, dQ) with every gradient requested. Kernels are
 // dispatched directly, so autodiff bookkeeping and gradient accumulation are not counted.
+// Each shape prints the path every kernel takes (direct or tiled) and the rows each
+// invocation owns.
 //
 //   npx tsx bench/attention.bench.ts [--unsafe-no-bounds-checks] [--iterations N]
 import { describeAdapter } from '../engine/device.ts';
@@ -11,7 +13,9 @@ import {
   attentionBackwardKV,
   attentionBackwardQ,
   attentionForward,
+  attentionPath,
   type AttentionDims,
+  type AttentionKernel,
 } from '../kernels/attention.ts';
 
 const args = process.argv.slice(2);
@@ -86,7 +90,12 @@ for (const { name, dims } of shapes) {
   const forwardFlops = 4 * B * H * T * T * D;
   const report = (label: string, flops: number, time: { wallMs: number; cpuMs: number }) =>
     `${label} ${time.wallMs.toFixed(1)} ms (${(flops / time.wallMs / 1e6).toFixed(2)} GFLOP/s, CPU ${time.cpuMs.toFixed(1)} ms)`;
+  const paths = (['forward', 'dkdv', 'dq'] as AttentionKernel[]).map((kernel) => {
+    const { path, rowsPerInvocation } = attentionPath(dims, kernel);
+    return `${kernel} ${path}${path === 'direct' ? ` (${rowsPerInvocation} rows per invocation)` : ''}`;
+  });
   console.log(`${name}  B=${B} H=${H} T=${T} D=${D}`);
+  console.log(`  paths: ${paths.join(', ')}`);
   console.log(`  ${report('forward', forwardFlops, forwardTime)}`);
   console.log(`  ${report('forward+backward', 3.5 * forwardFlops, stepTime)}`);
   scope.end();

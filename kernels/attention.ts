@@ -1,16 +1,26 @@
 // Fused multi-head attention, softmax(Q·Kᵀ/√D)·V, forward and backward. The T×T score
-// matrix never reaches device memory: a workgroup keeps one tile of keys (or of queries)
-// in workgroup memory and each invocation keeps one row's running state in registers.
-// Backward follows FlashAttention-2 (Dao, 2023) in three dispatches: delta per query row,
-// dK/dV per key block, dQ per query block. Each gradient element has exactly one writer,
-// so no atomics are needed. Autodiff bookkeeping lives in engine/ops/attention.ts.
+// matrix never reaches device memory: each invocation keeps the running state of its own
+// rows in registers. Backward follows FlashAttention-2 (Dao, 2023) in three dispatches:
+// delta per query row, dK/dV per key row, dQ per query row. Each gradient element has
+// exactly one writer, so no atomics are needed. Autodiff bookkeeping lives in
+// engine/ops/attention.ts.
+//
+// Two paths share the arithmetic and differ in how an invocation reaches the rows of the
+// other side (keys for a query row, queries for a key row):
+// - direct: each invocation owns up to 3 rows of one head and reads the other side straight
+//   from the storage buffer, once for all its rows. Workgroups of 64 invocations cover any
+//   mix of heads, with no workgroup memory and no barriers.
+// - tiled: one workgroup per block of at most 64 rows of one head, one row per invocation.
+//   The workgroup stages tiles of the other side in workgroup memory, so each of those
+//   rows is loaded from storage once per workgroup instead of once per invocation.
+// plan() takes the direct path for short sequences, and at any length when the head is
+// small enough for an invocation to own several rows. On lavapipe a workgroup runs as one
+// CPU thread looping over 8-wide SIMD vectors, barriers split that loop, and each lane
+// loads a non-constant address on its own, so reusing loaded rows across owned rows is
+// what pays (bench/attention.bench.ts has the figures).
 //
 // Both layouts share one kernel family: element (b, h, t, d) sits at
 // b·strideB + h·strideH + t·strideT + d, so only the uniforms differ between them.
-//
-// TODO: each invocation owns one row, so every element read from a staged tile feeds a
-// single FMA. Owning 2–4 rows per invocation (register tiling, as in matmul) would reuse
-// each read, at the cost of registers that D = 64 already runs short of.
 import { grid1d, packUniforms, type KernelRunner } from './runner.ts';
 
 /** 'bhtd': [B, H, T, D]. 'bthd': [B, T, H·D], the output of a linear layer with heads interleaved as [H, D]. */
@@ -27,7 +37,19 @@ export interface AttentionDims {
 /** Largest head size the kernels accept; registers and tiles grow linearly with D. */
 export const MAX_HEAD_SIZE = 256;
 
-/** Invocations (rows) per workgroup at most; a multiple of 8 so lavapipe's 8-wide SIMD stays full. */
+/**
+ * Sequences up to this length run direct even when an invocation owns one row. Longer ones
+ * run direct only when each invocation owns several rows (small heads). With one row each,
+ * both paths measured within noise of each other on lavapipe from T = 33 to 197 at D = 40
+ * and 64, so long sequences keep the tiled path, which loads each row of the other side
+ * once per workgroup rather than once per invocation.
+ */
+const DIRECT_MAX_TOKENS = 32;
+
+/** Invocations per workgroup on the direct path: eight of lavapipe's 8-wide SIMD vectors. */
+const DIRECT_WORKGROUP = 64;
+
+/** Invocations (rows) per workgroup at most on the tiled path; a multiple of 8 so lavapipe's SIMD stays full. */
 const MAX_ROWS = 64;
 
 /** Workgroup memory for the two staged tiles, well under WebGPU's guaranteed 16 KiB. */
@@ -39,41 +61,93 @@ const TILE_BYTES = 8192;
  */
 const LOWEST_SCORE = '-3.0e38';
 
+/** The four attention kernels. delta is the backward's per-row dot product dout·out. */
+export type AttentionKernel = 'forward' | 'delta' | 'dkdv' | 'dq';
+
+/** Per-row vec4 arrays each kernel keeps in registers: the row itself and its accumulators. */
+const ROW_ARRAYS: Record<AttentionKernel, number> = { forward: 2, delta: 0, dq: 3, dkdv: 4 };
+
+/**
+ * Registers, in vec4 per invocation, for the arrays of all owned rows together. Past this,
+ * spills and compile time grow faster than the loads saved. At D = 16 the dK/dV kernel
+ * with 3 rows (48 vec4) ran 5–25% faster than with 2 (32 vec4) on lavapipe but took about
+ * twice as long to compile.
+ */
+const ROW_STATE_BUDGET = 36;
+
+/** Most rows one invocation owns on the direct path. */
+const MAX_ROWS_PER_INVOCATION = 3;
+
 // ---- specialisation -------------------------------------------------------------------
 
 interface Plan {
   /** Head size in vec4 units, D rounded up. */
   dv4: number;
-  /** Rows of the staged tile (keys in forward and dQ, queries in dK/dV). */
-  tile: number;
-  /** Invocations per workgroup, one row each. */
-  rows: number;
-  /** Workgroups along T. */
-  blocks: number;
   /** Whether every row starts at a multiple of 4 floats, so rows load as vec4. */
   aligned: boolean;
+  /** Direct path (rows of the other side read from storage) rather than staged tiles. */
+  direct: boolean;
+  /** Rows owned by each invocation: R on the direct path, 1 on the tiled path. */
+  rowsPerInvocation: number;
+  /** Invocations per workgroup. */
+  workgroupSize: number;
+  /** Rows of the staged tile on the tiled path (keys in forward and dQ, queries in dK/dV). */
+  tile: number;
+  /** Row blocks per head: one per workgroup on the tiled path, one per invocation on the direct path. */
+  blocks: number;
 }
 
-function plan(dims: AttentionDims): Plan {
+/**
+ * Returns the rows per invocation on the direct path. Each row of the other side is loaded
+ * once per invocation and used for every owned row, so owning more rows divides the loads.
+ * Loads dominate on lavapipe because it loads a non-constant address lane by lane.
+ */
+function directRowsPerInvocation(kernel: AttentionKernel, dv4: number): number {
+  if (kernel === 'delta') return 1;
+  const fit = Math.floor(ROW_STATE_BUDGET / (ROW_ARRAYS[kernel] * dv4));
+  return Math.max(1, Math.min(MAX_ROWS_PER_INVOCATION, fit));
+}
+
+// TODO: the tiled path owns one row per invocation. At T = 197, D = 64 the direct path with
+// two rows per invocation ran about 1.6× faster on lavapipe, but its kernels took 15–36 s
+// each to compile (7–25 s tiled, two cores shared with other jobs), and 64 vec4 of row
+// state per invocation would spill on GPUs.
+function plan(dims: AttentionDims, kernel: AttentionKernel): Plan {
   const { T, D } = dims;
   if (!(D >= 1 && D <= MAX_HEAD_SIZE)) throw new Error(`attention: head size ${D} is invalid; expected 1..${MAX_HEAD_SIZE}`);
   if (!(T >= 1)) throw new Error(`attention: token count ${T} is invalid; expected at least 1`);
-
   const dv4 = Math.ceil(D / 4);
-  const tile = Math.min(64, Math.floor(TILE_BYTES / (2 * dv4 * 16)));
+  const aligned = D % 4 === 0;
+
+  // delta is one dot product per row with nothing to stage, so it always runs direct.
+  const R = directRowsPerInvocation(kernel, dv4);
+  if (R > 1 || T <= DIRECT_MAX_TOKENS || kernel === 'delta') {
+    return { dv4, aligned, direct: true, rowsPerInvocation: R, workgroupSize: DIRECT_WORKGROUP, tile: 0, blocks: Math.ceil(T / R) };
+  }
 
   // The fewest blocks of at most MAX_ROWS rows, each rounded up to a multiple of 8: T = 197
   // runs as 4 blocks of 56 rows (224 invocations) rather than 4 of 64 (256).
-  const blocks = Math.ceil(T / MAX_ROWS);
-  const rows = Math.ceil(Math.ceil(T / blocks) / 8) * 8;
+  const tile = Math.min(64, Math.floor(TILE_BYTES / (2 * dv4 * 16)));
+  const minBlocks = Math.ceil(T / MAX_ROWS);
+  const rows = Math.ceil(Math.ceil(T / minBlocks) / 8) * 8;
+  return { dv4, aligned, direct: false, rowsPerInvocation: 1, workgroupSize: rows, tile, blocks: Math.ceil(T / rows) };
+}
 
-  return { dv4, tile, rows, blocks: Math.ceil(T / rows), aligned: D % 4 === 0 };
+/** Returns the path a kernel takes for these dims and the rows each invocation owns (for tests and benchmarks). */
+export function attentionPath(dims: AttentionDims, kernel: AttentionKernel): { path: 'direct' | 'tiled'; rowsPerInvocation: number } {
+  const p = plan(dims, kernel);
+  return { path: p.direct ? 'direct' : 'tiled', rowsPerInvocation: p.rowsPerInvocation };
 }
 
 function strides(dims: AttentionDims): { strideB: number; strideH: number; strideT: number } {
   const { H, T, D } = dims;
   if (dims.layout === 'bhtd') return { strideB: H * T * D, strideH: T * D, strideT: D };
   return { strideB: T * H * D, strideH: D, strideT: H * D };
+}
+
+/** Workgroups on the tiled path, invocations on the direct path. */
+function items(dims: AttentionDims, p: Plan): number {
+  return p.blocks * dims.B * dims.H;
 }
 
 function uniforms(dims: AttentionDims, p: Plan): ArrayBuffer {
@@ -85,32 +159,40 @@ function uniforms(dims: AttentionDims, p: Plan): ArrayBuffer {
     { u32: s.strideH },
     { u32: s.strideT },
     { u32: p.blocks },
-    { u32: p.blocks * dims.B * dims.H },
+    { u32: items(dims, p) },
     { f32: 1 / Math.sqrt(dims.D) },
   ]);
 }
 
 function workgroups(r: KernelRunner, dims: AttentionDims, p: Plan): [number, number, number] {
-  return grid1d(p.blocks * dims.B * dims.H, r.maxWorkgroupsPerDim);
+  const n = p.direct ? Math.ceil(items(dims, p) / p.workgroupSize) : items(dims, p);
+  return grid1d(n, r.maxWorkgroupsPerDim);
 }
 
 function planKey(dims: AttentionDims, p: Plan): string {
-  return `D${dims.D}|rows${p.rows}|tile${p.tile}`;
+  if (p.direct) return `D${dims.D}|direct|R${p.rowsPerInvocation}`;
+  return `D${dims.D}|rows${p.workgroupSize}|tile${p.tile}`;
 }
 
 // ---- shared WGSL ----------------------------------------------------------------------
 
 /**
  * Emits one statement per c < n, joined as lines at the given indent. Loops over the head
- * size are unrolled here rather than in WGSL, so the per-row arrays are indexed only by
- * constants and can live in registers. Loops over keys stay WGSL loops: unrolling those
- * too ran no faster on lavapipe and took minutes to compile.
+ * size and the owned rows are unrolled here rather than in WGSL, so the per-row arrays are
+ * indexed only by constants and can live in registers. Loops over the other side's rows
+ * stay WGSL loops: unrolling those too ran no faster on lavapipe and took minutes to compile.
  */
-// NOTE: the unrolled bodies are large at D = 64, and lavapipe (Mesa 25.0, LLVM 15) took
-// 7–10 s to compile each of these kernels on two busy cores. Mesa's shader cache keeps
-// the result for later runs.
+// NOTE: the unrolled bodies are large at D = 64 and with several rows per invocation.
+// lavapipe (Mesa 25.0, LLVM 15) took 1–25 s to compile each kernel at D = 64, and 1–3 s
+// each direct kernel at D = 16, on two cores shared with other jobs. Mesa's shader cache
+// keeps the result for later runs.
 function unroll(n: number, statement: (c: number) => string, indent = '  '): string {
   return Array.from({ length: n }, (_, c) => statement(c)).join(`\n${indent}`);
+}
+
+/** Unrolls over the owned rows r and the vec4 columns c. Element (r, c) of a per-row array is at r·dv4 + c. */
+function unrollRows(p: Plan, statement: (r: number, c: number, rc: number) => string, indent = '  '): string {
+  return unroll(p.rowsPerInvocation, (r) => unroll(p.dv4, (c) => statement(r, c, r * p.dv4 + c), indent), indent);
 }
 
 interface Binding {
@@ -159,7 +241,7 @@ function rowAccessors(bindings: Binding[], D: number, p: Plan): string {
 /** Uniforms, bindings, accessors and the row-offset helper every attention kernel starts with. */
 function prelude(bindings: Binding[], D: number, p: Plan): string {
   return /* wgsl */ `
-struct U { T: u32, H: u32, strideB: u32, strideH: u32, strideT: u32, blocks: u32, groups: u32, scale: f32 }
+struct U { T: u32, H: u32, strideB: u32, strideH: u32, strideT: u32, blocks: u32, items: u32, scale: f32 }
 ${declareBindings(bindings, p)}
 @group(0) @binding(${bindings.length}) var<uniform> u: U;
 ${rowAccessors(bindings, D, p)}
@@ -171,26 +253,41 @@ fn rowOffset(bh: u32, t: u32) -> u32 {
 }
 
 /**
- * Entry point header: one workgroup per (block of rows, head). The early return depends
- * only on the workgroup id and uniforms, so it is uniform and the barriers below stay valid.
+ * Entry point header. It defines bh (the head), and for each owned row r: row_r, clamped
+ * to T − 1 so that every load stays in bounds, valid_r (whether the row exists and may be
+ * stored), and off_r (its float offset).
+ *
+ * Tiled: one workgroup per (block of rows, head), one row per invocation. The early return
+ * depends only on the workgroup id and uniforms, so it is uniform and the barriers below
+ * stay valid. Direct: one invocation per (block of R rows, head), packed 64 to a workgroup.
  */
 function entry(p: Plan): string {
+  const R = p.rowsPerInvocation;
+  const firstRow = p.direct
+    ? /* wgsl */ `let item = (wid.x + wid.y * nw.x) * ${p.workgroupSize}u + lid;
+  if (item >= u.items) { return; }
+  let bh = item / u.blocks;
+  let firstRow = (item % u.blocks) * ${R}u;`
+    : /* wgsl */ `let item = wid.x + wid.y * nw.x;
+  if (item >= u.items) { return; }
+  let bh = item / u.blocks;
+  let firstRow = (item % u.blocks) * ${p.workgroupSize}u + lid;`;
+  const rows = unroll(R, (r) => `let row_${r} = min(firstRow + ${r}u, u.T - 1u);
+  let valid_${r} = firstRow + ${r}u < u.T;
+  let off_${r} = rowOffset(bh, row_${r});`);
+
   return /* wgsl */ `
-@compute @workgroup_size(${p.rows})
+@compute @workgroup_size(${p.workgroupSize})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nw: vec3u, @builtin(local_invocation_index) lid: u32) {
-  let group = wid.x + wid.y * nw.x;
-  if (group >= u.groups) { return; }
-  let block = group % u.blocks;
-  let bh = group / u.blocks;
-  let row = block * ${p.rows}u + lid;
-  let rowValid = row < u.T;`;
+  ${firstRow}
+  ${rows}`;
 }
 
 /** Stages `tile` rows from t0 of two row tensors into workgroup arrays; rows at t ≥ T are zero-filled. */
 function stageTiles(p: Plan, a: [string, string], b: [string, string]): string {
   return /* wgsl */ `
     workgroupBarrier();
-    for (var e = lid; e < ${p.tile * p.dv4}u; e += ${p.rows}u) {
+    for (var e = lid; e < ${p.tile * p.dv4}u; e += ${p.workgroupSize}u) {
       let t = t0 + e / ${p.dv4}u;
       let c = e % ${p.dv4}u;
       var va = vec4f(0.0);
@@ -206,6 +303,42 @@ function stageTiles(p: Plan, a: [string, string], b: [string, string]): string {
     workgroupBarrier();`;
 }
 
+/** Reads vec4 c of the other side's current row j in the loop body. */
+type RowRead = (c: number) => string;
+
+/**
+ * Emits the loop over every row j of the other side (the T keys, or the T queries) of head
+ * bh, reading two row tensors a and b. body receives readers for the current row of a and
+ * b. Direct: the rows are loaded from storage into registers, once per invocation. Tiled:
+ * they are staged tile by tile in workgroup memory, named by the second entry of a and b.
+ */
+function otherRowsLoop(p: Plan, a: [string, string], b: [string, string], body: (readA: RowRead, readB: RowRead) => string, extraStaging = ''): string {
+  const { dv4 } = p;
+  if (p.direct) {
+    return /* wgsl */ `
+  let headOff = rowOffset(bh, 0u);
+  for (var j = 0u; j < u.T; j++) {
+    let jOff = headOff + j * u.strideT;
+    var rowA: array<vec4f, ${dv4}>;
+    var rowB: array<vec4f, ${dv4}>;
+    ${unroll(dv4, (c) => `rowA[${c}] = load_${a[0]}(jOff, ${c}u); rowB[${c}] = load_${b[0]}(jOff, ${c}u);`, '    ')}
+    ${body((c) => `rowA[${c}]`, (c) => `rowB[${c}]`)}
+  }`;
+  }
+  return /* wgsl */ `
+  for (var t0 = 0u; t0 < u.T; t0 += ${p.tile}u) {
+    ${stageTiles(p, a, b)}
+    ${extraStaging}
+    let count = min(${p.tile}u, u.T - t0);
+    // j is the row of the other side, i its place in the tile.
+    for (var i = 0u; i < count; i++) {
+      let j = t0 + i;
+      let base = i * ${dv4}u;
+      ${body((c) => `${a[1]}[base + ${c}u]`, (c) => `${b[1]}[base + ${c}u]`)}
+    }
+  }`;
+}
+
 // ---- forward --------------------------------------------------------------------------
 
 /**
@@ -217,7 +350,7 @@ export function attentionForward(
   dims: AttentionDims,
   bufs: { q: GPUBuffer; k: GPUBuffer; v: GPUBuffer; out: GPUBuffer; lse: GPUBuffer },
 ): void {
-  const p = plan(dims);
+  const p = plan(dims, 'forward');
   const bindings: Binding[] = [
     { name: 'q', kind: 'rows', write: false, buffer: bufs.q },
     { name: 'k', kind: 'rows', write: false, buffer: bufs.k },
@@ -238,50 +371,43 @@ export function attentionForward(
 
 function forwardSource(bindings: Binding[], D: number, p: Plan): string {
   const { dv4, tile } = p;
-
-  return /* wgsl */ `
-${prelude(bindings, D, p)}
-var<workgroup> kTile: array<vec4f, ${tile * dv4}>;
-var<workgroup> vTile: array<vec4f, ${tile * dv4}>;
-${entry(p)}
-
-  // The query row is pre-scaled by 1/√D, so q·k is already the score.
-  var qRow: array<vec4f, ${dv4}>;
-  var acc: array<vec4f, ${dv4}>;
-  ${unroll(dv4, (c) => `qRow[${c}] = vec4f(0.0); acc[${c}] = vec4f(0.0);`)}
-  let qOff = rowOffset(bh, row);
-  if (rowValid) {
-    ${unroll(dv4, (c) => `qRow[${c}] = load_q(qOff, ${c}u) * u.scale;`, '    ')}
-  }
+  const R = p.rowsPerInvocation;
 
   // Online softmax: m is the running max of the scores seen so far, l = Σ exp(s − m), and
   // acc = Σ exp(s − m)·v. A larger max rescales both by exp(m_old − m_new) ≤ 1, so no exp
   // argument is ever positive and scores of any magnitude stay finite.
-  var m = ${LOWEST_SCORE};
-  var l = 0.0;
-  for (var t0 = 0u; t0 < u.T; t0 += ${tile}u) {
-    ${stageTiles(p, ['k', 'kTile'], ['v', 'vTile'])}
-
-    let keys = min(${tile}u, u.T - t0);
-    for (var j = 0u; j < keys; j++) {
-      let base = j * ${dv4}u;
+  const keyStep = (readK: RowRead, readV: RowRead) => /* wgsl */ `
+    ${unroll(R, (r) => `var weight_${r}: f32;\n    var rescale_${r}: f32;`, '    ')}
+    ${unroll(R, (r) => `{
       var score = 0.0;
-      ${unroll(dv4, (c) => `score += dot(qRow[${c}], kTile[base + ${c}u]);`, '      ')}
+      ${unroll(dv4, (c) => `score += dot(qRow[${r * dv4 + c}], ${readK(c)});`, '      ')}
+      let mNew = max(m[${r}], score);
+      rescale_${r} = exp(m[${r}] - mNew);
+      weight_${r} = exp(score - mNew);
+      l[${r}] = l[${r}] * rescale_${r} + weight_${r};
+      m[${r}] = mNew;
+    }`, '    ')}
+    ${unrollRows(p, (r, c, rc) => `acc[${rc}] = acc[${rc}] * rescale_${r} + weight_${r} * ${readV(c)};`, '    ')}`;
 
-      let mNew = max(m, score);
-      let rescale = exp(m - mNew);
-      let weight = exp(score - mNew);
-      l = l * rescale + weight;
-      ${unroll(dv4, (c) => `acc[${c}] = acc[${c}] * rescale + weight * vTile[base + ${c}u];`, '      ')}
-      m = mNew;
-    }
-  }
+  return /* wgsl */ `
+${prelude(bindings, D, p)}
+${p.direct ? '' : `var<workgroup> kTile: array<vec4f, ${tile * dv4}>;\nvar<workgroup> vTile: array<vec4f, ${tile * dv4}>;`}
+${entry(p)}
+
+  // Query rows pre-scaled by 1/√D, so q·k is already the score.
+  var qRow: array<vec4f, ${R * dv4}>;
+  var acc: array<vec4f, ${R * dv4}>;
+  var m: array<f32, ${R}>;
+  var l: array<f32, ${R}>;
+  ${unrollRows(p, (r, c, rc) => `qRow[${rc}] = load_q(off_${r}, ${c}u) * u.scale; acc[${rc}] = vec4f(0.0);`)}
+  ${unroll(R, (r) => `m[${r}] = ${LOWEST_SCORE}; l[${r}] = 0.0;`)}
+  ${otherRowsLoop(p, ['k', 'kTile'], ['v', 'vTile'], keyStep)}
 
   // The running max is one of the scores, so l ≥ 1.
-  if (rowValid) {
-    ${unroll(dv4, (c) => `store_o(qOff, ${c}u, acc[${c}] / l);`, '    ')}
-    lse[bh * u.T + row] = m + log(l);
-  }
+  ${unroll(R, (r) => `if (valid_${r}) {
+    ${unroll(dv4, (c) => `store_o(off_${r}, ${c}u, acc[${r * dv4 + c}] / l[${r}]);`, '    ')}
+    lse[bh * u.T + row_${r}] = m[${r}] + log(l[${r}]);
+  }`)}
 }`;
 }
 
@@ -293,7 +419,7 @@ export function attentionBackwardDelta(
   dims: AttentionDims,
   bufs: { out: GPUBuffer; dout: GPUBuffer; delta: GPUBuffer },
 ): void {
-  const p = plan(dims);
+  const p = plan(dims, 'delta');
   const bindings: Binding[] = [
     { name: 'o', kind: 'rows', write: false, buffer: bufs.out },
     { name: 'dO', kind: 'rows', write: false, buffer: bufs.dout },
@@ -306,11 +432,11 @@ export function attentionBackwardDelta(
     code: () => /* wgsl */ `
 ${prelude(bindings, dims.D, p)}
 ${entry(p)}
-  if (!rowValid) { return; }
-  let off = rowOffset(bh, row);
-  var sum = 0.0;
-  ${unroll(p.dv4, (c) => `sum += dot(load_dO(off, ${c}u), load_o(off, ${c}u));`)}
-  delta[bh * u.T + row] = sum;
+  ${unroll(p.rowsPerInvocation, (r) => `if (valid_${r}) {
+    var sum = 0.0;
+    ${unroll(p.dv4, (c) => `sum += dot(load_dO(off_${r}, ${c}u), load_o(off_${r}, ${c}u));`, '    ')}
+    delta[bh * u.T + row_${r}] = sum;
+  }`)}
 }`,
     buffers: bindings.map((b) => b.buffer),
     uniforms: uniforms(dims, p),
@@ -319,10 +445,10 @@ ${entry(p)}
 }
 
 /**
- * dK and/or dV, one invocation per key row, looping over query tiles. With S = q·kᵀ/√D and
- * P = exp(S − lse): dV = Pᵀ·dO, dS = P∘(dO·vᵀ − delta), dK = dSᵀ·q/√D. Pass null for a
- * gradient that is not needed: without dk the kernel skips dS entirely, and then v and
- * delta are not read (pass null for them too).
+ * dK and/or dV, one invocation per key row (or few), looping over all query rows. With
+ * S = q·kᵀ/√D and P = exp(S − lse): dV = Pᵀ·dO, dS = P∘(dO·vᵀ − delta), dK = dSᵀ·q/√D.
+ * Pass null for a gradient that is not needed: without dk the kernel skips dS entirely,
+ * and then v and delta are not read (pass null for them too).
  */
 export function attentionBackwardKV(
   r: KernelRunner,
@@ -338,7 +464,7 @@ export function attentionBackwardKV(
     dv: GPUBuffer | null;
   },
 ): void {
-  const p = plan(dims);
+  const p = plan(dims, 'dkdv');
   const needDK = bufs.dk !== null;
   const needDV = bufs.dv !== null;
   if (!needDK && !needDV) throw new Error('attentionBackwardKV: neither dk nor dv was requested');
@@ -373,67 +499,71 @@ export function attentionBackwardKV(
 
 function backwardKVSource(bindings: Binding[], D: number, p: Plan, needDK: boolean, needDV: boolean): string {
   const { dv4, tile } = p;
-  const zeroRow = (name: string) => unroll(dv4, (c) => `${name}[${c}] = vec4f(0.0);`);
+  const R = p.rowsPerInvocation;
+  const zeroRows = (name: string) => unrollRows(p, (_r, _c, rc) => `${name}[${rc}] = vec4f(0.0);`);
 
-  const dKStep = /* wgsl */ `var dWeight = 0.0;
-      ${unroll(dv4, (c) => `dWeight += dot(dOTile[base + ${c}u], vRow[${c}]);`, '      ')}
-      let dScore = weight * (dWeight - deltaTile[i]);
-      ${unroll(dv4, (c) => `dkRow[${c}] += dScore * qTile[base + ${c}u];`, '      ')}`;
-  return /* wgsl */ `
-${prelude(bindings, D, p)}
+  // One query row j against each owned key row r.
+  const queryStep = (readQ: RowRead, readDO: RowRead) => {
+    const rowLse = p.direct ? 'lse[bh * u.T + j]' : 'lseTile[i]';
+    const rowDelta = p.direct ? 'delta[bh * u.T + j]' : 'deltaTile[i]';
+    const dKStep = (r: number) => /* wgsl */ `var dWeight = 0.0;
+      ${unroll(dv4, (c) => `dWeight += dot(${readDO(c)}, vRow[${r * dv4 + c}]);`, '      ')}
+      let dScore = weight * (dWeight - queryDelta);
+      ${unroll(dv4, (c) => `dkRow[${r * dv4 + c}] += dScore * ${readQ(c)};`, '      ')}`;
+    const perKey = (r: number) => /* wgsl */ `{
+      var score = 0.0;
+      ${unroll(dv4, (c) => `score += dot(${readQ(c)}, kRow[${r * dv4 + c}]);`, '      ')}
+      // P = exp(S − lse) recomputes the forward softmax weight; S ≤ lse, so it is at most 1.
+      let weight = exp(score - queryLse);
+      ${needDV ? unroll(dv4, (c) => `dvRow[${r * dv4 + c}] += weight * ${readDO(c)};`, '      ') : ''}
+      ${needDK ? dKStep(r) : ''}
+    }`;
+    return /* wgsl */ `
+    let queryLse = ${rowLse};
+    ${needDK ? `let queryDelta = ${rowDelta};` : ''}
+    ${unroll(R, perKey, '    ')}`;
+  };
+
+  const tileDecls = /* wgsl */ `
 var<workgroup> qTile: array<vec4f, ${tile * dv4}>;
 var<workgroup> dOTile: array<vec4f, ${tile * dv4}>;
 var<workgroup> lseTile: array<f32, ${tile}>;
-${needDK ? `var<workgroup> deltaTile: array<f32, ${tile}>;` : ''}
-${entry(p)}
-
-  // This invocation's key row, pre-scaled by 1/√D so that q·k is the score; v is kept for dP.
-  var kRow: array<vec4f, ${dv4}>;
-  ${zeroRow('kRow')}
-  ${needDK ? `var vRow: array<vec4f, ${dv4}>;\n  var dkRow: array<vec4f, ${dv4}>;\n  ${zeroRow('vRow')}\n  ${zeroRow('dkRow')}` : ''}
-  ${needDV ? `var dvRow: array<vec4f, ${dv4}>;\n  ${zeroRow('dvRow')}` : ''}
-  let kOff = rowOffset(bh, row);
-  if (rowValid) {
-    ${unroll(dv4, (c) => `kRow[${c}] = load_k(kOff, ${c}u) * u.scale;`, '    ')}
-    ${needDK ? unroll(dv4, (c) => `vRow[${c}] = load_v(kOff, ${c}u);`, '    ') : ''}
-  }
-
-  for (var t0 = 0u; t0 < u.T; t0 += ${tile}u) {
-    ${stageTiles(p, ['q', 'qTile'], ['dO', 'dOTile'])}
-    for (var e = lid; e < ${tile}u; e += ${p.rows}u) {
+${needDK ? `var<workgroup> deltaTile: array<f32, ${tile}>;` : ''}`;
+  const stageScalars = /* wgsl */ `for (var e = lid; e < ${tile}u; e += ${p.workgroupSize}u) {
       if (t0 + e < u.T) {
         lseTile[e] = lse[bh * u.T + t0 + e];
         ${needDK ? 'deltaTile[e] = delta[bh * u.T + t0 + e];' : ''}
       }
     }
-    workgroupBarrier();
+    workgroupBarrier();`;
 
-    let queries = min(${tile}u, u.T - t0);
-    for (var i = 0u; i < queries; i++) {
-      let base = i * ${dv4}u;
-      var score = 0.0;
-      ${unroll(dv4, (c) => `score += dot(qTile[base + ${c}u], kRow[${c}]);`, '      ')}
-      // P = exp(S − lse) recomputes the forward softmax weight; S ≤ lse, so it is at most 1.
-      let weight = exp(score - lseTile[i]);
-      ${needDV ? unroll(dv4, (c) => `dvRow[${c}] += weight * dOTile[base + ${c}u];`, '      ') : ''}
-      ${needDK ? dKStep : ''}
-    }
-  }
+  return /* wgsl */ `
+${prelude(bindings, D, p)}
+${p.direct ? '' : tileDecls}
+${entry(p)}
 
-  if (rowValid) {
-    ${needDK ? unroll(dv4, (c) => `store_dk(kOff, ${c}u, dkRow[${c}] * u.scale);`, '    ') : ''}
-    ${needDV ? unroll(dv4, (c) => `store_dv(kOff, ${c}u, dvRow[${c}]);`, '    ') : ''}
-  }
+  // The owned key rows, pre-scaled by 1/√D so that q·k is the score; v is kept for dP.
+  var kRow: array<vec4f, ${R * dv4}>;
+  ${unrollRows(p, (r, c, rc) => `kRow[${rc}] = load_k(off_${r}, ${c}u) * u.scale;`)}
+  ${needDK ? `var vRow: array<vec4f, ${R * dv4}>;\n  var dkRow: array<vec4f, ${R * dv4}>;\n  ${zeroRows('dkRow')}` : ''}
+  ${needDK ? unrollRows(p, (r, c, rc) => `vRow[${rc}] = load_v(off_${r}, ${c}u);`) : ''}
+  ${needDV ? `var dvRow: array<vec4f, ${R * dv4}>;\n  ${zeroRows('dvRow')}` : ''}
+  ${otherRowsLoop(p, ['q', 'qTile'], ['dO', 'dOTile'], queryStep, stageScalars)}
+
+  ${unroll(R, (r) => `if (valid_${r}) {
+    ${needDK ? unroll(dv4, (c) => `store_dk(off_${r}, ${c}u, dkRow[${r * dv4 + c}] * u.scale);`, '    ') : ''}
+    ${needDV ? unroll(dv4, (c) => `store_dv(off_${r}, ${c}u, dvRow[${r * dv4 + c}]);`, '    ') : ''}
+  }`)}
 }`;
 }
 
-/** dQ = dS·k/√D, one invocation per query row, looping over key tiles (see attentionBackwardKV). */
+/** dQ = dS·k/√D, one invocation per query row (or few), looping over all key rows (see attentionBackwardKV). */
 export function attentionBackwardQ(
   r: KernelRunner,
   dims: AttentionDims,
   bufs: { q: GPUBuffer; k: GPUBuffer; v: GPUBuffer; dout: GPUBuffer; lse: GPUBuffer; delta: GPUBuffer; dq: GPUBuffer },
 ): void {
-  const p = plan(dims);
+  const p = plan(dims, 'dq');
   const bindings: Binding[] = [
     { name: 'q', kind: 'rows', write: false, buffer: bufs.q },
     { name: 'k', kind: 'rows', write: false, buffer: bufs.k },
@@ -456,44 +586,39 @@ export function attentionBackwardQ(
 
 function backwardQSource(bindings: Binding[], D: number, p: Plan): string {
   const { dv4, tile } = p;
+  const R = p.rowsPerInvocation;
+
+  // One key row j against each owned query row r.
+  const keyStep = (readK: RowRead, readV: RowRead) =>
+    unroll(
+      R,
+      (r) => /* wgsl */ `{
+      var score = 0.0;
+      var dWeight = 0.0;
+      ${unroll(dv4, (c) => `score += dot(qRow[${r * dv4 + c}], ${readK(c)});`, '      ')}
+      ${unroll(dv4, (c) => `dWeight += dot(dORow[${r * dv4 + c}], ${readV(c)});`, '      ')}
+      let dScore = exp(score - rowLse[${r}]) * (dWeight - rowDelta[${r}]);
+      ${unroll(dv4, (c) => `dqRow[${r * dv4 + c}] += dScore * ${readK(c)};`, '      ')}
+    }`,
+      '    ',
+    );
 
   return /* wgsl */ `
 ${prelude(bindings, D, p)}
-var<workgroup> kTile: array<vec4f, ${tile * dv4}>;
-var<workgroup> vTile: array<vec4f, ${tile * dv4}>;
+${p.direct ? '' : `var<workgroup> kTile: array<vec4f, ${tile * dv4}>;\nvar<workgroup> vTile: array<vec4f, ${tile * dv4}>;`}
 ${entry(p)}
 
-  var qRow: array<vec4f, ${dv4}>;
-  var dORow: array<vec4f, ${dv4}>;
-  var dqRow: array<vec4f, ${dv4}>;
-  ${unroll(dv4, (c) => `qRow[${c}] = vec4f(0.0); dORow[${c}] = vec4f(0.0); dqRow[${c}] = vec4f(0.0);`)}
-  var rowLse = 0.0;
-  var rowDelta = 0.0;
-  let qOff = rowOffset(bh, row);
-  if (rowValid) {
-    ${unroll(dv4, (c) => `qRow[${c}] = load_q(qOff, ${c}u) * u.scale;`, '    ')}
-    ${unroll(dv4, (c) => `dORow[${c}] = load_dO(qOff, ${c}u);`, '    ')}
-    rowLse = lse[bh * u.T + row];
-    rowDelta = delta[bh * u.T + row];
-  }
+  var qRow: array<vec4f, ${R * dv4}>;
+  var dORow: array<vec4f, ${R * dv4}>;
+  var dqRow: array<vec4f, ${R * dv4}>;
+  var rowLse: array<f32, ${R}>;
+  var rowDelta: array<f32, ${R}>;
+  ${unrollRows(p, (r, c, rc) => `qRow[${rc}] = load_q(off_${r}, ${c}u) * u.scale; dORow[${rc}] = load_dO(off_${r}, ${c}u); dqRow[${rc}] = vec4f(0.0);`)}
+  ${unroll(R, (r) => `rowLse[${r}] = lse[bh * u.T + row_${r}]; rowDelta[${r}] = delta[bh * u.T + row_${r}];`)}
+  ${otherRowsLoop(p, ['k', 'kTile'], ['v', 'vTile'], keyStep)}
 
-  for (var t0 = 0u; t0 < u.T; t0 += ${tile}u) {
-    ${stageTiles(p, ['k', 'kTile'], ['v', 'vTile'])}
-
-    let keys = min(${tile}u, u.T - t0);
-    for (var j = 0u; j < keys; j++) {
-      let base = j * ${dv4}u;
-      var score = 0.0;
-      var dWeight = 0.0;
-      ${unroll(dv4, (c) => `score += dot(qRow[${c}], kTile[base + ${c}u]);`, '      ')}
-      ${unroll(dv4, (c) => `dWeight += dot(dORow[${c}], vTile[base + ${c}u]);`, '      ')}
-      let dScore = exp(score - rowLse) * (dWeight - rowDelta);
-      ${unroll(dv4, (c) => `dqRow[${c}] += dScore * kTile[base + ${c}u];`, '      ')}
-    }
-  }
-
-  if (rowValid) {
-    ${unroll(dv4, (c) => `store_dq(qOff, ${c}u, dqRow[${c}] * u.scale);`, '    ')}
-  }
+  ${unroll(R, (r) => `if (valid_${r}) {
+    ${unroll(dv4, (c) => `store_dq(off_${r}, ${c}u, dqRow[${r * dv4 + c}] * u.scale);`, '    ')}
+  }`)}
 }`;
 }

@@ -7,7 +7,7 @@ import { attention, type AttentionLayout } from '../engine/ops/attention.ts';
 import type { Runtime } from '../engine/runtime.ts';
 import { Scope, empty, fromArray, type Tensor } from '../engine/tensor.ts';
 import { bucketBytes } from '../engine/pool.ts';
-import { attentionForward } from '../kernels/attention.ts';
+import { attentionForward, attentionPath, type AttentionKernel } from '../kernels/attention.ts';
 import { assertGradients } from './helpers/gradcheck.ts';
 import { gpu } from './helpers/gpu.ts';
 import { maxAbsDiff, randomArray } from './helpers/reference.ts';
@@ -34,30 +34,43 @@ function offset({ H, T, D, layout }: Dims, b: number, h: number, t: number, d: n
   return layout === 'bhtd' ? ((b * H + h) * T + t) * D + d : ((b * T + t) * H + h) * D + d;
 }
 
-/** Naive float64 softmax attention: the full T×T weights, max-subtracted. Returns out and lse [B, H, T]. */
+/**
+ * Naive float64 softmax attention: the full T×T weights, max-subtracted. Returns out and lse
+ * [B, H, T]. Each row's weights are computed once, since gradient checks call this once per
+ * perturbed input element.
+ */
 function referenceAttention(dims: Dims, q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>) {
   const { B, H, T, D } = dims;
   const out = new Float64Array(B * H * T * D);
   const lse = new Float64Array(B * H * T);
   const scale = 1 / Math.sqrt(D);
-  const scores = new Float64Array(T);
+  const weights = new Float64Array(T);
+  // In either layout, row t of head (b, h) starts at headStart(b, h) + t·rowStride.
+  const rowStride = dims.layout === 'bhtd' ? D : H * D;
+  const headStart = (b: number, h: number) => offset(dims, b, h, 0, 0);
   for (let b = 0; b < B; b++) {
     for (let h = 0; h < H; h++) {
+      const head = headStart(b, h);
       for (let i = 0; i < T; i++) {
+        const qi = head + i * rowStride;
         let max = -Infinity;
         for (let j = 0; j < T; j++) {
+          const kj = head + j * rowStride;
           let s = 0;
-          for (let d = 0; d < D; d++) s += q[offset(dims, b, h, i, d)] * k[offset(dims, b, h, j, d)];
-          scores[j] = s * scale;
-          max = Math.max(max, scores[j]);
+          for (let d = 0; d < D; d++) s += q[qi + d] * k[kj + d];
+          weights[j] = s * scale;
+          max = Math.max(max, weights[j]);
         }
         let sum = 0;
-        for (let j = 0; j < T; j++) sum += Math.exp(scores[j] - max);
+        for (let j = 0; j < T; j++) {
+          weights[j] = Math.exp(weights[j] - max);
+          sum += weights[j];
+        }
         lse[(b * H + h) * T + i] = max + Math.log(sum);
-        for (let d = 0; d < D; d++) {
-          let acc = 0;
-          for (let j = 0; j < T; j++) acc += (Math.exp(scores[j] - max) / sum) * v[offset(dims, b, h, j, d)];
-          out[offset(dims, b, h, i, d)] = acc;
+        for (let j = 0; j < T; j++) {
+          const vj = head + j * rowStride;
+          const p = weights[j] / sum;
+          for (let d = 0; d < D; d++) out[qi + d] += p * v[vj + d];
         }
       }
     }
@@ -103,8 +116,8 @@ function randomInputs(dims: Dims, seed: number, scale = 1) {
 }
 
 // B, H, T, D: token counts of ViT models with a class token (1, 17 = 4·4+1, 50 = 7·7+1,
-// 197 = 14·14+1), partial query blocks and key tiles (33, 65, 127), and head sizes that
-// are not multiples of 4.
+// 197 = 14·14+1), partial query blocks and key tiles (33, 65, 127), head sizes that are
+// not multiples of 4, and both paths (see 'attention paths' below for which takes which).
 const forwardCases: Array<[number, number, number, number]> = [
   [1, 1, 1, 16],
   [2, 2, 17, 16],
@@ -114,7 +127,35 @@ const forwardCases: Array<[number, number, number, number]> = [
   [1, 2, 65, 7],
   [3, 1, 127, 16],
   [1, 1, 9, 1],
+  [2, 2, 17, 40],
+  [1, 2, 65, 38],
 ];
+
+describe('attention paths', () => {
+  // Premises of the forward and gradient cases: each path and each count of rows per
+  // invocation is exercised. [B, H, T, D] → [path, rows per invocation] per kernel.
+  type Expected = Record<AttentionKernel, string>;
+  const cases: Array<{ dims: [number, number, number, number]; expected: Expected }> = [
+    { dims: [2, 2, 17, 16], expected: { forward: 'direct 3', delta: 'direct 1', dq: 'direct 3', dkdv: 'direct 2' } },
+    { dims: [1, 3, 50, 32], expected: { forward: 'direct 2', delta: 'direct 1', dq: 'tiled 1', dkdv: 'tiled 1' } },
+    { dims: [3, 1, 127, 16], expected: { forward: 'direct 3', delta: 'direct 1', dq: 'direct 3', dkdv: 'direct 2' } },
+    { dims: [2, 2, 17, 40], expected: { forward: 'direct 1', delta: 'direct 1', dq: 'direct 1', dkdv: 'direct 1' } },
+    { dims: [1, 2, 65, 38], expected: { forward: 'tiled 1', delta: 'direct 1', dq: 'tiled 1', dkdv: 'tiled 1' } },
+    { dims: [1, 2, 197, 64], expected: { forward: 'tiled 1', delta: 'direct 1', dq: 'tiled 1', dkdv: 'tiled 1' } },
+    { dims: [1, 1, 9, 26], expected: { forward: 'direct 2', delta: 'direct 1', dq: 'direct 1', dkdv: 'direct 1' } },
+    { dims: [1, 1, 65, 26], expected: { forward: 'direct 2', delta: 'direct 1', dq: 'tiled 1', dkdv: 'tiled 1' } },
+  ];
+
+  for (const { dims: [B, H, T, D], expected } of cases) {
+    it(`B${B} H${H} T${T} D${D}`, () => {
+      const dims = { B, H, T, D, layout: 'bthd' as const };
+      for (const kernel of Object.keys(expected) as AttentionKernel[]) {
+        const { path, rowsPerInvocation } = attentionPath(dims, kernel);
+        expect(`${path} ${rowsPerInvocation}`, kernel).toBe(expected[kernel]);
+      }
+    });
+  }
+});
 
 describe('attention forward', () => {
   // Outputs are convex combinations of v (|v| ≤ 1), and the LSE stays below 8 here, where
@@ -152,23 +193,32 @@ describe('attention forward', () => {
     expect(maxAbsDiff(out, ref.out)).toBeLessThanOrEqual(tolerance);
   });
 
-  it('large scores stay finite', async () => {
-    // k = q with entries up to ±6 puts the diagonal scores near |q|²/√D, about 50 to 76 here.
-    const dims: Dims = { B: 1, H: 2, T: 50, D: 16, layout: 'bhtd' };
-    const { q, v } = randomInputs(dims, 11, 6);
-    const k = q;
-    expect(maxAbsScore(dims, q, k), 'test premise: max |score|').toBeGreaterThan(40);
-    const ref = referenceAttention(dims, q, k, v);
+  // k = q with entries up to ±scale puts the diagonal scores near |q|²/√D. One case per path.
+  const largeScoreCases: Array<{ path: string; dims: Dims; scale: number }> = [
+    { path: 'direct', dims: { B: 1, H: 2, T: 50, D: 16, layout: 'bhtd' }, scale: 6 },
+    { path: 'tiled', dims: { B: 1, H: 2, T: 65, D: 38, layout: 'bthd' }, scale: 5 },
+  ];
 
-    const got = await runForward(dims, q, k, v);
+  for (const { path, dims, scale } of largeScoreCases) {
+    it(`large scores stay finite ${path}`, async () => {
+      const { q, v } = randomInputs(dims, 11, scale);
+      const k = q;
+      expect(attentionPath(dims, 'forward').path, 'test premise: path').toBe(path);
+      expect(maxAbsScore(dims, q, k), 'test premise: max |score|').toBeGreaterThan(40);
+      expect(maxAbsScore(dims, q, k), 'test premise: max |score|').toBeLessThan(128);
+      const ref = referenceAttention(dims, q, k, v);
 
-    expect(got.out.every(Number.isFinite), 'output finite').toBe(true);
-    expect(got.lse.every(Number.isFinite), 'lse finite').toBe(true);
-    // The LSE is close to the max score, where f32 spacing is 7.6e-6, so 5e-5 allows about 6
-    // ulps. Outputs are convex combinations of v as before and keep the forward tolerance.
-    expect(maxAbsDiff(got.out, ref.out), 'output max abs error').toBeLessThanOrEqual(1e-5);
-    expect(maxAbsDiff(got.lse, ref.lse), 'lse max abs error').toBeLessThanOrEqual(5e-5);
-  });
+      const got = await runForward(dims, q, k, v);
+
+      expect(got.out.every(Number.isFinite), 'output finite').toBe(true);
+      expect(got.lse.every(Number.isFinite), 'lse finite').toBe(true);
+      // The LSE is close to the max score, below 128, where f32 spacing is at most 7.6e-6, so
+      // 5e-5 allows about 6 ulps. Outputs are convex combinations of v as before and keep the
+      // forward tolerance.
+      expect(maxAbsDiff(got.out, ref.out), 'output max abs error').toBeLessThanOrEqual(1e-5);
+      expect(maxAbsDiff(got.lse, ref.lse), 'lse max abs error').toBeLessThanOrEqual(5e-5);
+    });
+  }
 });
 
 /** Reference for gradCheck: attention on flat float64 inputs. */
@@ -196,8 +246,10 @@ describe('attention backward', () => {
     { B: 2, H: 2, T: 17, D: 16, layout: 'bthd' },
     { B: 1, H: 2, T: 17, D: 6, layout: 'bthd' },
     { B: 2, H: 1, T: 1, D: 4, layout: 'bhtd' },
-    // Two query blocks of 40 rows, and two staged tiles of 64 rows.
-    { B: 1, H: 1, T: 65, D: 4, layout: 'bhtd' },
+    // The direct path with one row per invocation in dQ and dK/dV.
+    { B: 1, H: 1, T: 9, D: 26, layout: 'bthd' },
+    // The tiled backward: two query blocks of 40 rows, and two staged tiles of 36 rows.
+    { B: 1, H: 1, T: 65, D: 26, layout: 'bhtd' },
   ];
 
   for (const dims of gradCases) {

@@ -1,7 +1,7 @@
 // Multi-head scaled dot-product attention as one autodiff op, softmax(Q·Kᵀ/√D)·V, on the
 // fused kernels in kernels/attention.ts. The forward saves the output and the per-row
-// log-sum-exp (LSE) instead of the T×T weights. The backward recomputes the weights tile
-// by tile and computes only the gradients requested. Masking, dropout and the q/k/v
+// log-sum-exp (LSE) instead of the T×T weights. The backward recomputes the weights from
+// the LSE and computes only the gradients requested. Masking, dropout and the q/k/v
 // projections are left to the model.
 import { record } from '../autograd.ts';
 import { runtime } from '../runtime.ts';
