@@ -1,7 +1,7 @@
-// The matmul kernel against a float64 reference (every transpose, batching, broadcast,
+// The matmul kernel against a float64 reference: every transpose, batching, broadcast,
 // alpha, accumulate, bias, GELU with its pre-activation, tails on every axis, both the
-// subgroup-broadcast and the direct path), the matmul and gelu ops' gradients, and the
-// dispatch counters.
+// subgroup-broadcast and the direct path, thin outputs computed transposed, and the optional
+// second product over K2. Then the matmul and gelu ops' gradients and the dispatch counters.
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Tape, record } from '../engine/autograd.ts';
 import { gelu } from '../engine/ops/gelu.ts';
@@ -46,6 +46,15 @@ interface KernelCase {
   bias?: boolean;
   gelu?: boolean;
   preact?: boolean;
+  /** A second product alpha2·op(A2)·op(B2) over K2, added before the epilogue. */
+  second?: SecondProduct;
+}
+
+interface SecondProduct {
+  K2: number;
+  transA2?: boolean;
+  transB2?: boolean;
+  alpha2?: number;
 }
 
 interface Reference {
@@ -53,32 +62,54 @@ interface Reference {
   z: Float64Array;
   /** What C must hold: gelu(z) or z. */
   y: Float64Array;
-  /** Per element: |alpha|·Σ|a·b| + |C_old| + |bias|, the scale of its rounding error. */
+  /** Per element: |alpha|·Σ|a·b| (+ |alpha2|·Σ|a2·b2|) + |C_old| + |bias|, the scale of its rounding error. */
   magnitude: Float64Array;
 }
 
-function reference(c: KernelCase, a: Float32Array, b: Float32Array, cOld: Float32Array, bias: Float32Array): Reference {
-  const { M, N, K } = c;
-  const batch = c.batch ?? 1;
-  const strideA = c.strideA ?? M * K;
-  const strideB = c.strideB ?? K * N;
-  const alpha = c.alpha ?? 1;
-  const z = new Float64Array(batch * M * N);
-  const magnitude = new Float64Array(batch * M * N);
-  for (let t = 0; t < batch; t++) {
+/** Adds alpha·Σ_k op(A)[i,k]·op(B)[k,j] per batch item into z, and its absolute sum into magnitude. */
+function addProduct(
+  z: Float64Array, magnitude: Float64Array, a: Float32Array, b: Float32Array,
+  d: { M: number; N: number; K: number; batch: number; strideA: number; strideB: number; transA?: boolean; transB?: boolean; alpha: number },
+): void {
+  const { M, N, K } = d;
+  for (let t = 0; t < d.batch; t++) {
     for (let i = 0; i < M; i++) {
       for (let j = 0; j < N; j++) {
         let sum = 0;
         let abs = 0;
         for (let k = 0; k < K; k++) {
-          const av = a[t * strideA + (c.transA ? k * M + i : i * K + k)];
-          const bv = b[t * strideB + (c.transB ? j * K + k : k * N + j)];
+          const av = a[t * d.strideA + (d.transA ? k * M + i : i * K + k)];
+          const bv = b[t * d.strideB + (d.transB ? j * K + k : k * N + j)];
           sum += av * bv;
           abs += Math.abs(av * bv);
         }
         const o = t * M * N + i * N + j;
-        z[o] = alpha * sum;
-        magnitude[o] = Math.abs(alpha) * abs;
+        z[o] += d.alpha * sum;
+        magnitude[o] += Math.abs(d.alpha) * abs;
+      }
+    }
+  }
+}
+
+function reference(
+  c: KernelCase, a: Float32Array, b: Float32Array, cOld: Float32Array, bias: Float32Array,
+  a2: Float32Array, b2: Float32Array,
+): Reference {
+  const { M, N, K } = c;
+  const batch = c.batch ?? 1;
+  const strideA = c.strideA ?? M * K;
+  const strideB = c.strideB ?? K * N;
+  const z = new Float64Array(batch * M * N);
+  const magnitude = new Float64Array(batch * M * N);
+  addProduct(z, magnitude, a, b, { M, N, K, batch, strideA, strideB, transA: c.transA, transB: c.transB, alpha: c.alpha ?? 1 });
+  if (c.second) {
+    const { K2, transA2, transB2 } = c.second;
+    addProduct(z, magnitude, a2, b2, { M, N, K: K2, batch, strideA: M * K2, strideB: K2 * N, transA: transA2, transB: transB2, alpha: c.second.alpha2 ?? 1 });
+  }
+  for (let t = 0; t < batch; t++) {
+    for (let i = 0; i < M; i++) {
+      for (let j = 0; j < N; j++) {
+        const o = t * M * N + i * N + j;
         if (c.accumulate) {
           z[o] += cOld[o];
           magnitude[o] += Math.abs(cOld[o]);
@@ -103,7 +134,10 @@ async function runKernel(c: KernelCase, runner: KernelRunner = r, seed = 1) {
   const b = randomArray(bSize, seed + 1);
   const cOld = randomArray(batch * M * N, seed + 2);
   const bias = randomArray(N, seed + 3);
-  const ref = reference(c, a, b, cOld, bias);
+  const K2 = c.second?.K2 ?? 0;
+  const a2 = randomArray(batch * M * K2, seed + 4);
+  const b2 = randomArray(batch * K2 * N, seed + 5);
+  const ref = reference(c, a, b, cOld, bias, a2, b2);
 
   const s = new Scope();
   try {
@@ -121,6 +155,14 @@ async function runKernel(c: KernelCase, runner: KernelRunner = r, seed = 1) {
       gelu: c.gelu,
       preact: preact?.buffer,
     };
+    if (c.second) {
+      args.a2 = fromArray(a2, [a2.length]).buffer;
+      args.b2 = fromArray(b2, [b2.length]).buffer;
+      args.K2 = K2;
+      args.transA2 = c.second.transA2;
+      args.transB2 = c.second.transB2;
+      args.alpha2 = c.second.alpha2;
+    }
     matmulKernel(runner, args);
     return { y: await out.toArray(), z: preact ? await preact.toArray() : null, ref };
   } finally {
@@ -132,8 +174,9 @@ async function runKernel(c: KernelCase, runner: KernelRunner = r, seed = 1) {
  * Largest error relative to the allowed one (≤ 1 passes). Every fma rounds to within
  * 2^-24 of the running sum, which is at most the magnitude Σ|a·b|, so even the worst case
  * (K·2^-24·magnitude) stays below 1e-6·√K·magnitude for K ≤ 277, the largest K here; the
- * 1e-7 floor covers sums that cancel to zero. GELU's slope is at most 1.13, so its output
- * gets 1.2× the bound plus 1e-6 for the driver's tanh.
+ * 1e-7 floor covers sums that cancel to zero. With a second product K is K + K2 + 2, the
+ * chain of both products plus the roundings of alpha and alpha2. GELU's slope is at most
+ * 1.13, so its output gets 1.2× the bound plus 1e-6 for the driver's tanh.
  */
 function worstError(got: Float32Array, want: Float64Array, magnitude: Float64Array, K: number, slope = 1, extra = 0): number {
   let worst = 0;
@@ -149,8 +192,9 @@ async function expectMatches(c: KernelCase, runner: KernelRunner = r): Promise<v
   expect(y.length, 'output length').toBe(ref.y.length);
   const slope = c.gelu ? 1.2 : 1;
   const extra = c.gelu ? 1e-6 : 0;
-  expect(worstError(y, ref.y, ref.magnitude, c.K, slope, extra), 'C error / tolerance').toBeLessThanOrEqual(1);
-  if (c.preact) expect(worstError(z!, ref.z, ref.magnitude, c.K), 'preact error / tolerance').toBeLessThanOrEqual(1);
+  const chain = c.second ? c.K + c.second.K2 + 2 : c.K;
+  expect(worstError(y, ref.y, ref.magnitude, chain, slope, extra), 'C error / tolerance').toBeLessThanOrEqual(1);
+  if (c.preact) expect(worstError(z!, ref.z, ref.magnitude, chain), 'preact error / tolerance').toBeLessThanOrEqual(1);
 }
 
 const SHAPES: Array<[number, number, number]> = [
@@ -217,6 +261,68 @@ describe('matmul kernel', () => {
   }
 });
 
+// A C with few columns (N = 16, a LoRA rank) runs as Cᵀ = op(B)ᵀ·op(A)ᵀ stored transposed,
+// and one with few rows and an A·B layout runs untransposed; each layout on both sides.
+describe('matmul kernel, thin outputs', () => {
+  const THIN: Array<[number, number, number]> = [
+    [45, 16, 23],
+    [16, 45, 23],
+  ];
+  for (const [M, N, K] of THIN) {
+    for (const [transA, transB] of TRANSPOSES) {
+      it(`${M}×${N}×${K} ${tName(transA, transB)}`, async () => {
+        await expectMatches({ M, N, K, transA, transB });
+      });
+    }
+  }
+  it('thin, batch 3, epilogue', async () => {
+    await expectMatches({ M: 37, N: 16, K: 12, batch: 3, transB: true, alpha: 0.5, accumulate: true, bias: true, gelu: true, preact: true });
+  });
+});
+
+// The second product C += alpha2·op(A2)·op(B2) over its own K2. The linear layer uses it
+// with a first product X·Wᵀ (kept as is) and dZ·W (an A·B, computed transposed), so every
+// layout of the second product is checked beside both, with K2 not a multiple of 4 here
+// and a multiple in the LoRA shapes below.
+describe('matmul kernel, second product', () => {
+  const FIRST: Array<[string, boolean, boolean]> = [['A·Bᵀ', false, true], ['A·B', false, false]];
+  for (const [firstName, transA, transB] of FIRST) {
+    for (const [transA2, transB2] of TRANSPOSES) {
+      it(`${firstName} + ${tName(transA2, transB2)}, 33×37×19, K2 3`, async () => {
+        await expectMatches({ M: 33, N: 37, K: 19, transA, transB, alpha: 0.7, second: { K2: 3, transA2, transB2, alpha2: -1.3 } });
+      });
+    }
+  }
+
+  it('first product Aᵀ·B and Aᵀ·Bᵀ', async () => {
+    await expectMatches({ M: 20, N: 41, K: 9, transA: true, second: { K2: 5, transA2: true } });
+    await expectMatches({ M: 20, N: 41, K: 9, transA: true, transB: true, second: { K2: 5, transB2: true } });
+  });
+
+  // The shapes of one LoRA layer at rank 16: Y = X·Wᵀ + s·U·Bᵀ and dX = dZ·W + dU·A.
+  it('lora forward shape, aligned', async () => {
+    await expectMatches({ M: 64, N: 96, K: 32, transB: true, second: { K2: 16, transB2: true, alpha2: 0.5 } });
+  });
+  it('lora backward shape, aligned', async () => {
+    await expectMatches({ M: 64, N: 96, K: 32, second: { K2: 16 } });
+  });
+
+  // Alpha, accumulate, bias, GELU and its pre-activation at once, on both epilogues (C
+  // stored directly, and stored transposed).
+  for (const [firstName, transA, transB] of FIRST) {
+    it(`full epilogue, ${firstName}, 23×45×11, K2 7`, async () => {
+      await expectMatches({ M: 23, N: 45, K: 11, transA, transB, alpha: 2, accumulate: true, bias: true, gelu: true, preact: true, second: { K2: 7, transB2: transB, alpha2: 0.25 } });
+    });
+  }
+
+  it('batch 2, thin N', async () => {
+    await expectMatches({ M: 29, N: 16, K: 10, batch: 2, transB: true, bias: true, second: { K2: 6, transB2: true, alpha2: 3 } });
+  });
+  it('alpha 0 keeps only the second product', async () => {
+    await expectMatches({ M: 17, N: 33, K: 8, alpha: 0, second: { K2: 4 } });
+  });
+});
+
 // A runner without the subgroups feature gets the direct path, where every invocation
 // loads its own A. Devices whose subgroup size is not 8 run it, so lavapipe runs it only here.
 const directRunner = (): KernelRunner => ({
@@ -233,6 +339,9 @@ describe('matmul kernel, direct path', () => {
     ['64×64×64 Aᵀ·Bᵀ', { M: 64, N: 64, K: 64, transA: true, transB: true }],
     ['33×20×9 Aᵀ·B, batch 2, epilogue', { M: 33, N: 20, K: 9, batch: 2, transA: true, accumulate: true, bias: true, gelu: true, preact: true }],
     ['32×64×16 Aᵀ·B', { M: 32, N: 64, K: 16, transA: true }],
+    ['45×16×23 A·Bᵀ, thin', { M: 45, N: 16, K: 23, transB: true }],
+    ['33×37×19 A·B + A·B, K2 7, epilogue', { M: 33, N: 37, K: 19, bias: true, gelu: true, preact: true, second: { K2: 7, alpha2: 0.5 } }],
+    ['33×37×19 A·Bᵀ + Aᵀ·Bᵀ, K2 6', { M: 33, N: 37, K: 19, transB: true, second: { K2: 6, transA2: true, transB2: true } }],
   ];
   for (const [name, c] of CASES) {
     it(name, async () => {
@@ -283,6 +392,11 @@ describe('matmul kernel, grid and limits', () => {
       expect(() => matmulKernel(r, { a, b, c, M: 4, N: 4, K: 4, batch: 2, strideC: 0 }), 'strideC 0').toThrow(/strideC/);
       // The pool rounds 64 floats up to 256 bytes: 16×16 needs 1024.
       expect(() => matmulKernel(r, { a, b, c, M: 16, N: 16, K: 16 }), 'buffer too small').toThrow(/buffer a has 256 bytes, needs 1024/);
+      expect(() => matmulKernel(r, { a, b, c, M: 4, N: 4, K: 4, a2: a, b2: b }), 'a2 without K2').toThrow(/all of a2, b2 and K2/);
+      expect(() => matmulKernel(r, { a, b, c, M: 4, N: 4, K: 4, a2: a, K2: 4 }), 'a2 without b2').toThrow(/all of a2, b2 and K2/);
+      expect(() => matmulKernel(r, { a, b, c, M: 4, N: 4, K: 4, a2: a, b2: b, K2: 0 }), 'K2 = 0').toThrow(/invalid K2/);
+      expect(() => matmulKernel(r, { a, b, c, M: 4, N: 4, K: 4, a2: c, b2: b, K2: 4 }), 'c aliases a2').toThrow(/alias/);
+      expect(() => matmulKernel(r, { a, b, c, M: 4, N: 4, K: 4, a2: a, b2: b, K2: 32 }), 'a2 too small').toThrow(/buffer a2 has 256 bytes, needs 512/);
     } finally {
       s.end();
     }
@@ -300,9 +414,11 @@ describe('matmul dispatch counters', () => {
       matmulKernel(r, { a, b, c, M: 4, N: 4, K: 4 });
       matmulKernel(r, { a, b, c, M: 4, N: 4, K: 4, transA: true, tag: 'dW' });
       matmulKernel(r, { a, b, c, M: 2, N: 8, K: 2, batch: 2, gelu: true, tag: 'dW' });
+      matmulKernel(r, { a, b, c, M: 4, N: 4, K: 4, a2: a, b2: b, K2: 4, tag: 'dX' });
       const counts = r.counters();
-      expect(counts.matmul, 'matmul dispatches').toBe(3);
+      expect(counts.matmul, 'matmul dispatches').toBe(4);
       expect(counts['matmul:dW'], 'matmul:dW dispatches').toBe(2);
+      expect(counts['matmul:dX'], 'two products, one dispatch').toBe(1);
     } finally {
       s.end();
     }

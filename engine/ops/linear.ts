@@ -2,10 +2,12 @@
 //
 //   Y = X·Wᵀ + b + s·(X·Aᵀ)·Bᵀ        X [N, Cin], W [Cout, Cin], b [Cout], A [R, Cin], B [Cout, R]
 //
-// Backward computes each gradient only when its input asks for one. That is the whole
-// point of freezing: with W and b frozen, `needs` is false for them and the dW GEMM
-// (dYᵀ·X, the largest matmul of the backward pass) and the bias column sum are never
-// dispatched. The adapter's own gradients cost two thin GEMMs of rank R.
+// The adapter rides on the base GEMMs: the matmul kernel's second product extends K by R,
+// so Y = X·Wᵀ + s·U·Bᵀ (+ b, GELU) and dX = dZ·W + dU·A are one dispatch each, with no
+// extra pass over Y or dX. Backward computes each gradient only when its input requires
+// one. That is the whole point of freezing: with W and b frozen, `needs` is false for them
+// and the dW GEMM (dZᵀ·X, the largest matmul of the backward pass) and the bias column sum
+// are never dispatched. The adapter's own gradients cost three thin GEMMs of rank R.
 import { matmul as matmulKernel } from '../../kernels/matmul.ts';
 import { geluBackward } from '../../kernels/gelu.ts';
 import { record } from '../autograd.ts';
@@ -37,16 +39,19 @@ export function linear(x: Tensor, w: Tensor, bias: Tensor | null, lora: LoraPara
   const y = empty([...x.shape.slice(0, -1), Cout]);
   const z = opts.gelu ? empty(y.shape) : null;
 
-  // Forward: Y = X·Wᵀ + b, then Y += s·U·Bᵀ with U = X·Aᵀ [N, R]; GELU in the last epilogue.
+  // Forward: U = X·Aᵀ [N, R], then Y = X·Wᵀ + s·U·Bᵀ + b in one GEMM over K = [Cin | R],
+  // GELU in its epilogue.
   let u: Tensor | null = null;
-  if (!lora) {
-    matmulKernel(r, { a: x.buffer, b: w.buffer, c: y.buffer, M: N, N: Cout, K: Cin, transB: true, bias: bias?.buffer, gelu: opts.gelu, preact: z?.buffer });
-  } else {
+  if (lora) {
     u = empty([N, R]);
     matmulKernel(r, { a: x.buffer, b: lora.a.buffer, c: u.buffer, M: N, N: R, K: Cin, transB: true });
-    matmulKernel(r, { a: x.buffer, b: w.buffer, c: y.buffer, M: N, N: Cout, K: Cin, transB: true, bias: bias?.buffer });
-    matmulKernel(r, { a: u.buffer, b: lora.b.buffer, c: y.buffer, M: N, N: Cout, K: R, transB: true, alpha: lora.scale, accumulate: true, gelu: opts.gelu, preact: z?.buffer });
   }
+  const adapterForward = u && lora ? { a2: u.buffer, b2: lora.b.buffer, K2: R, transB2: true, alpha2: lora.scale } : {};
+  matmulKernel(r, {
+    a: x.buffer, b: w.buffer, c: y.buffer, M: N, N: Cout, K: Cin, transB: true,
+    ...adapterForward,
+    bias: bias?.buffer, gelu: opts.gelu, preact: z?.buffer,
+  });
 
   const inputs = [x, w, ...(bias ? [bias] : []), ...(lora ? [lora.a, lora.b] : [])];
   const saved = [x, ...(u ? [u] : []), ...(z ? [z] : [])];
@@ -70,12 +75,12 @@ export function linear(x: Tensor, w: Tensor, bias: Tensor | null, lora: LoraPara
       matmulKernel(r, { a: dz.buffer, b: lora.b.buffer, c: du.buffer, M: N, N: R, K: Cout, alpha: lora.scale, tag: 'dU' });
     }
 
-    // dX = dZ·W (+ dU·A).
+    // dX = dZ·W + dU·A, one GEMM over K = [Cout | R].
     let dx: Tensor | null = null;
     if (needX) {
       dx = empty(x.shape);
-      matmulKernel(r, { a: dz.buffer, b: w.buffer, c: dx.buffer, M: N, N: Cin, K: Cout, tag: 'dX' });
-      if (lora) matmulKernel(r, { a: du!.buffer, b: lora.a.buffer, c: dx.buffer, M: N, N: Cin, K: R, accumulate: true, tag: 'dX' });
+      const adapterBackward = du && lora ? { a2: du.buffer, b2: lora.a.buffer, K2: R } : {};
+      matmulKernel(r, { a: dz.buffer, b: w.buffer, c: dx.buffer, M: N, N: Cin, K: Cout, ...adapterBackward, tag: 'dX' });
     }
 
     // dW = dZᵀ·X and db = Σ_rows dZ: skipped entirely when the base is frozen.
