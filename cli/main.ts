@@ -51,7 +51,7 @@ function addTrainOptions(cmd: Command): Command {
     .option('--no-report', 'do not write report.html at the end');
 }
 
-async function train(flags: TrainFlags & { resume?: boolean }): Promise<void> {
+async function train(flags: TrainFlags & { resume?: boolean; overwrite?: boolean }): Promise<void> {
   let cfg: Config;
   if (flags.resume) {
     // A resumed run starts from its saved config; flags given now override it.
@@ -62,6 +62,10 @@ async function train(flags: TrainFlags & { resume?: boolean }): Promise<void> {
     cfg = parseConfig(mergeConfig(base, buildConfig({ ...flags, preset: undefined }) && overridesOnly(flags)));
   } else {
     cfg = buildConfig(flags);
+    const existing = join(cfg.run.dir, 'checkpoint.safetensors');
+    if (existsSync(existing) && !flags.overwrite) {
+      throw new ConfigError(`${cfg.run.dir} already holds a run (${existing}); pass --resume to continue it, --overwrite to start over, or choose another --run-dir`);
+    }
   }
 
   await initRuntime({ backend: cfg.run.backend, adapterName: cfg.run.adapter, unsafeNoBoundsChecks: cfg.run.unsafeNoBoundsChecks });
@@ -110,6 +114,7 @@ export function buildProgram(): Command {
 
   addTrainOptions(program.command('train').description('train a ViT (PreLoRA by default; --no-prelora for the full-training baseline)'))
     .option('--resume', 'continue the run in --run-dir from its last checkpoint')
+    .option('--overwrite', 'start a new run in a --run-dir that already holds one')
     .action(async (opts) => train(opts));
 
   program

@@ -127,6 +127,8 @@ export class Trainer {
   async run(): Promise<RunSummary> {
     const cfg = this.cfg;
     let stoppedEarly = false;
+    // A run that starts from step 0 owns its metrics file; records of an older run go.
+    if (this.globalStep === 0) this.metrics.keepFinished(0);
     while (this.epoch < cfg.train.epochs) {
       if (cfg.run.maxSteps > 0 && this.globalStep >= cfg.run.maxSteps) {
         stoppedEarly = true;

@@ -1,7 +1,7 @@
 // The `prelora` command as a user runs it: bad input gets one line naming the value and
 // the fix, a non-zero exit, and no stack trace.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -16,6 +16,8 @@ function prelora(...args: string[]) {
 const tmp = mkdtempSync(join(tmpdir(), 'prelora-cli-'));
 writeFileSync(join(tmp, 'bad.json'), '{ "train": { "epochs": "ten" } }');
 writeFileSync(join(tmp, 'broken.json'), '{ "train": ');
+mkdirSync(join(tmp, 'done'));
+writeFileSync(join(tmp, 'done', 'checkpoint.safetensors'), '');
 
 describe('cli errors', () => {
   const cases: Array<[string, string[], RegExp]> = [
@@ -33,6 +35,7 @@ describe('cli errors', () => {
     ['missing data directory', ['train', '--dataset', 'mnist-idx', '--data-path', join(tmp, 'nope')], /nope/],
     ['resume without checkpoint', ['train', '--resume', '--run-dir', join(tmp, 'empty')], /cannot resume: .*config\.json not found/],
     ['report of a non-run', ['report', tmp], /metrics not found/],
+    ['existing run without --resume', ['train', '--run-dir', join(tmp, 'done')], /already holds a run .*pass --resume to continue it, --overwrite to start over/],
   ];
   for (const [name, args, pattern] of cases) {
     it(name, () => {
