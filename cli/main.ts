@@ -64,7 +64,7 @@ async function train(flags: TrainFlags & { resume?: boolean; overwrite?: boolean
     cfg = buildConfig(flags);
     const existing = join(cfg.run.dir, 'checkpoint.safetensors');
     if (existsSync(existing) && !flags.overwrite) {
-      throw new ConfigError(`${cfg.run.dir} already holds a run (${existing}); pass --resume to continue it, --overwrite to start over, or choose another --run-dir`);
+      throw new ConfigError(`${cfg.run.dir} already contains a run (${existing}); pass --resume to continue it, --overwrite to start over, or choose another --run-dir`);
     }
   }
 

@@ -138,7 +138,7 @@ export class Tape extends Scope {
     x.gradHasValue = true;
   }
 
-  /** A view of dx with another shape, dx itself released (the view keeps the storage). */
+  /** Returns a view of dx with another shape and releases dx (the view keeps the storage). */
   private reshapeOwned(dx: Tensor, shape: readonly number[]): Tensor {
     const v = dx.view(shape);
     this.releaseEarly(dx);

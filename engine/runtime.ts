@@ -204,7 +204,7 @@ export async function initRuntime(options: DeviceOptions = {}): Promise<Runtime>
   return current;
 }
 
-/** The process runtime; throws when initRuntime has not run. */
+/** Returns the process runtime; throws when initRuntime has not run. */
 export function runtime(): Runtime {
   if (!current) throw new Error('WebGPU runtime not initialised: call initRuntime() first');
   return current;

@@ -68,7 +68,7 @@ export class Tensor {
     if (s.refs === 0) runtime().pool.release(s.buffer);
   }
 
-  /** A view of the same storage with another shape (no copy, no autodiff; see ops.reshape). */
+  /** Returns a view of the same storage with another shape (no copy, no autodiff; see ops.reshape). */
   view(shape: readonly number[]): Tensor {
     const s = this.buffer && this.storage!;
     if (sizeOf(shape) !== this.size) {

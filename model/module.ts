@@ -7,7 +7,7 @@ export abstract class Module {
   /** Direct parameters and child modules; namedParameters() walks both. */
   abstract parameters(): Tensor[];
 
-  /** Every parameter with its name, in a stable order. */
+  /** Returns every parameter with its name, in a stable order. */
   namedParameters(): Array<[string, Tensor]> {
     return this.parameters().map((p) => [p.name!, p]);
   }
@@ -22,7 +22,7 @@ export abstract class Module {
   }
 }
 
-/** A trainable leaf tensor that no scope owns. */
+/** Creates a trainable leaf tensor that no scope owns. */
 export function parameter(name: string, data: Float32Array, shape: readonly number[]): Tensor {
   const t = persistent(() => fromArray(data, shape, { requiresGrad: true }));
   t.name = name;

@@ -80,7 +80,7 @@ export async function loadCheckpoint(path: string, trainer: Trainer): Promise<Tr
   return state;
 }
 
-/** The config a checkpoint was written with (to rebuild the model before loading it). */
+/** Reads the config a checkpoint was written with, to rebuild the model before loading it. */
 export async function checkpointConfig(path: string): Promise<unknown> {
   if (!existsSync(path)) throw new CheckpointError(`checkpoint not found: ${path}`);
   const file = await readSafetensors(path);

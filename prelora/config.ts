@@ -106,8 +106,8 @@ export const ConfigSchema = z.object({
     adapter: z.string().optional(),
     /**
      * Turn off Dawn's bounds-check transform. Every kernel validates shapes on the host and
-     * guards its tails, and the kernel tests run in both modes; the gain is small for the
-     * register-tiled kernels here, so the safe mode is the default.
+     * guards its tails, and the kernel tests run in both modes. The gain measured here was
+     * within noise, so the safe mode is the default.
      */
     unsafeNoBoundsChecks: z.boolean().default(false),
     /** Stop after this many optimizer steps in total (0 = no limit); for smoke tests. */

@@ -23,7 +23,7 @@ export interface Transition {
   reason: string;
 }
 
-/** What the controller needs from the trainer for step windows (window loss readback). */
+/** Trainer hooks the controller needs for step windows (the window loss readback). */
 export interface StepHost {
   readWindowLoss(): Promise<number>;
   epoch: number;
@@ -213,7 +213,7 @@ export class PhaseController {
    * classifier and LayerNorms when the config keeps them. Their gradients and AdamW state
    * go back to the pool, and the backward pass stops computing their gradients.
    */
-  private freezeBase(epochNo: number, why: string): Transition {
+  private freezeBase(epochNo: number, cause: string): Transition {
     const p = this.cfg.prelora;
     const adapters = new Set(this.targetLinears().flatMap((l) => l.adapterParameters()));
     for (const param of this.model.parameters()) {
@@ -225,7 +225,7 @@ export class PhaseController {
     const from = this.phase;
     this.phase = 'lora';
     this.freezeEpoch = epochNo;
-    return { from, to: 'lora', reason: `${why}; base frozen, ${this.trainableCount()} trainable parameters` };
+    return { from, to: 'lora', reason: `${cause}; base frozen, ${this.trainableCount()} trainable parameters` };
   }
 
   /** ReLoRA: uniform-rank adapters on the target modules with their base weights frozen. */

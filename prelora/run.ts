@@ -34,7 +34,7 @@ export async function loadDatasets(cfg: Config): Promise<Datasets> {
   return { train, val, mean: stats.mean, std: stats.std };
 }
 
-/** The model config: the preset, the config's overrides, and the dataset's image shape and classes. */
+/** Builds the model config from the preset, the config's overrides, and the dataset's image shape and classes. */
 export function modelConfig(cfg: Config, data: Pick<Dataset, 'imageShape' | 'numClasses'>): VitConfig {
   const preset = MODEL_PRESETS[cfg.model.preset];
   const m = cfg.model;

@@ -1,7 +1,7 @@
 // The training loop: epochs of AdamW steps on a ViT, evaluation, metrics, atomic
-// checkpoints and exact resume. What happens at phase boundaries (the convergence test,
-// attaching adapters, freezing the base, ReLoRA resets) belongs to PhaseController; this
-// file only calls it at step and epoch ends.
+// checkpoints and exact resume. Phase boundaries (the convergence test, attaching adapters,
+// freezing the base, ReLoRA resets) belong to PhaseController, which this file calls at
+// step and epoch ends.
 import { join } from 'node:path';
 import { Tape, noGrad, zeroGrad } from '../engine/autograd.ts';
 import { crossEntropy } from '../engine/ops/loss.ts';
@@ -119,7 +119,7 @@ export class Trainer {
     this.metrics.keepFinished(this.epoch);
   }
 
-  /** The LR of the next optimizer step, with the phase's multiplier. */
+  /** Returns the LR of the next optimizer step, with the phase's multiplier. */
   lr(): number {
     return this.schedule(this.globalStep) * this.phases.lrMultiplier(this.globalStep);
   }
@@ -144,7 +144,7 @@ export class Trainer {
     return { epochs: this.history, stoppedEarly };
   }
 
-  /** One epoch (or the rest of one, after a mid-epoch resume). Returns null when maxSteps stopped it. */
+  /** Trains one epoch (or the rest of one, after a mid-epoch resume); returns null when maxSteps stopped it. */
   private async trainEpoch(): Promise<EpochMetrics | null> {
     const cfg = this.cfg;
     const r = runtime();

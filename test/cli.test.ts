@@ -35,7 +35,7 @@ describe('cli errors', () => {
     ['missing data directory', ['train', '--dataset', 'mnist-idx', '--data-path', join(tmp, 'nope')], /nope/],
     ['resume without checkpoint', ['train', '--resume', '--run-dir', join(tmp, 'empty')], /cannot resume: .*config\.json not found/],
     ['report of a non-run', ['report', tmp], /metrics not found/],
-    ['existing run without --resume', ['train', '--run-dir', join(tmp, 'done')], /already holds a run .*pass --resume to continue it, --overwrite to start over/],
+    ['existing run without --resume', ['train', '--run-dir', join(tmp, 'done')], /already contains a run .*pass --resume to continue it, --overwrite to start over/],
   ];
   for (const [name, args, pattern] of cases) {
     it(name, () => {

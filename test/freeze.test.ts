@@ -109,7 +109,7 @@ describe('frozen memory', () => {
     const stateJoint = optimizer.stateBytes();
 
     const base = model.parameters().filter((p) => !adapters.includes(p));
-    // Each trained parameter holds a gradient and two AdamW moments, each one pool bucket.
+    // Each trained parameter has a gradient and two AdamW moments, each one pool bucket.
     const perParam = (p: Tensor) => r.pool.sizeOf(p.buffer);
     const baseGradAndState = base.reduce((s, p) => s + 3 * perParam(p), 0);
     const adapterState = adapters.reduce((s, p) => s + 2 * perParam(p), 0);

@@ -12,7 +12,7 @@ export function tempRunDir(tag: string): string {
   return mkdtempSync(join(tmpdir(), `prelora-${tag}-`));
 }
 
-/** A fast config: 2 layers of width 32, 128 training and 64 validation images, batch 32. */
+/** Builds a fast config: 2 layers of width 32, 128 training and 64 validation images, batch 32. */
 export function smallConfig(dir: string, overrides: ConfigInput = {}): Config {
   const base: ConfigInput = {
     model: { preset: 'tiny', hidden: 32, layers: 2, heads: 2 },
@@ -33,7 +33,7 @@ export async function smallTrainer(cfg: Config): Promise<{ trainer: Trainer; pro
   return { trainer, progress };
 }
 
-/** Every parameter's values by name. */
+/** Reads every parameter's values, by name. */
 export async function snapshot(trainer: Trainer): Promise<Map<string, Float32Array>> {
   const out = new Map<string, Float32Array>();
   for (const p of trainer.model.parameters()) out.set(p.name!, await p.toArray());
